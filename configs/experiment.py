@@ -1,0 +1,166 @@
+"""Typed configuration of the search and retraining runs, with named presets.
+
+A run's config is resolved as: preset (by dataset, e.g. `movielens-100k`) <- YAML file (`--config`)
+<- `--set key=value` overrides. Unknown keys are errors naming them. The resolved config is written
+to `model_dir/config.json` and its hash goes into `dims.json`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from configs.loader import ConfigError, from_dict, load_yaml, merge, parse_set_overrides
+
+BACKBONES = ("fm", "wide_deep", "deepfm", "nfm", "ipnn", "autoint", "dcn_v2")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The CTR model: backbone and search-time embedding (the paper's AD-1..AD-4 are the four
+    combinations of `lookup` x `unify`; AD-2 = weight_sharing + linear)."""
+
+    backbone: str = "deepfm"
+    candidate_dims: tuple[int, ...] = (2, 8, 16, 24, 32)
+    lookup: Literal["weight_sharing", "separate"] = "weight_sharing"
+    unify: Literal["linear", "zero_pad"] = "linear"
+    # "batchnorm" is the paper's (no affine); "batchnorm_affine" (default) keeps candidates
+    # magnitude-comparable without inflating inner products; "none" skips it.
+    candidate_norm: Literal["batchnorm", "batchnorm_affine", "none"] = "batchnorm_affine"
+    mlp_units: tuple[int, ...] = (128, 128)
+    dropout: float = 0.2
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"model.backbone: unknown {self.backbone!r}; known: {', '.join(BACKBONES)}")
+        dims = list(self.candidate_dims)
+        if not dims or any(d <= 0 for d in dims) or dims != sorted(set(dims)):
+            raise ConfigError(f"model.candidate_dims must be positive and strictly increasing, got {dims}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """The dimension search (the paper's Algorithm 1, first-order DARTS).
+
+    variant: `autodim` (alpha updated on validation batches every `arch_update_every` steps) or
+      `autodim_s` (alpha updated together with the weights on the same training batch).
+    pretrain_epochs / search_epochs: length in epochs of the training split; `*_steps` > 0
+      overrides them with an exact number of steps.
+    temperature: `paper` is max(0.01, 1 - 0.00005 t); `anneal` goes linearly from 1 to
+      `temperature_min` over the search phase, so it anneals on data of any size.
+    arch_learning_rate: Adam's step on alpha is about the learning rate per update whatever the
+      gradient's size, so alpha can move at most ~lr x updates; `min_arch_updates` > 0 raises the
+      update frequency (lowers f) on small data so at least that many alpha updates happen.
+    """
+
+    variant: Literal["autodim", "autodim_s"] = "autodim"
+    batch_size: int = 2000
+    learning_rate: float = 1e-3
+    arch_learning_rate: float = 1e-3
+    arch_update_every: int = 10
+    min_arch_updates: int = 0
+    pretrain_epochs: float = 2.0
+    search_epochs: float = 13.0
+    pretrain_steps: int = 0
+    search_steps: int = 0
+    temperature: Literal["paper", "anneal"] = "paper"
+    temperature_min: float = 0.01
+    temperature_decay: float = 0.00005
+    embedding_optimizer: Literal["lazy_adam", "adam"] = "lazy_adam"
+    steps_per_call: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    eval_every: int = 0  # steps between validation evaluations; 0 = once per epoch
+    seed: int = 0
+    shuffle_buffer: int = 100_000
+
+    def __post_init__(self):
+        checks = {
+            "batch_size": self.batch_size > 0, "learning_rate": self.learning_rate > 0,
+            "arch_learning_rate": self.arch_learning_rate > 0,
+            "arch_update_every": self.arch_update_every >= 1,
+            "min_arch_updates": self.min_arch_updates >= 0,
+            "pretrain_epochs": self.pretrain_epochs >= 0, "search_epochs": self.search_epochs >= 0,
+            "pretrain_steps": self.pretrain_steps >= 0, "search_steps": self.search_steps >= 0,
+            "temperature_min": 0 < self.temperature_min <= 1,
+            "temperature_decay": self.temperature_decay > 0,
+            "steps_per_call": self.steps_per_call >= 1, "checkpoint_every": self.checkpoint_every >= 1,
+            "keep_checkpoints": self.keep_checkpoints >= 1, "eval_every": self.eval_every >= 0,
+            "shuffle_buffer": self.shuffle_buffer >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ConfigError("search: invalid value for " + ", ".join(
+                f"{k}={getattr(self, k)!r}" for k in bad))
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainConfig:
+    """Retraining the discrete architecture (the paper's Algorithm 2)."""
+
+    batch_size: int = 2000
+    learning_rate: float = 1e-3
+    unify: Literal["linear", "zero_pad"] = "linear"
+    max_epochs: float = 30.0
+    patience: int = 2  # evaluations without validation-AUC improvement before stopping
+    eval_every: int = 0  # steps between validation evaluations; 0 = once per epoch
+    embedding_optimizer: Literal["lazy_adam", "adam"] = "lazy_adam"
+    steps_per_call: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    seed: int = 0
+    shuffle_buffer: int = 100_000
+
+    def __post_init__(self):
+        if self.batch_size <= 0 or self.learning_rate <= 0 or self.max_epochs <= 0:
+            raise ConfigError("retrain: batch_size, learning_rate and max_epochs must be > 0")
+        if self.patience < 1 or self.steps_per_call < 1 or self.checkpoint_every < 1:
+            raise ConfigError("retrain: patience, steps_per_call and checkpoint_every must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    model: ModelConfig = ModelConfig()
+    search: SearchConfig = SearchConfig()
+    retrain: RetrainConfig = RetrainConfig()
+
+
+# Named presets. `paper` is the paper's recipe exactly; dataset presets start from the adaptive
+# defaults that make the search work on data of that size (see README "Making the search work").
+_ADAPTIVE = {"search": {"temperature": "anneal", "min_arch_updates": 1000}}
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"model": {"candidate_norm": "batchnorm"}},
+    "default": _ADAPTIVE,
+    "criteo": _ADAPTIVE,
+    "avazu": _ADAPTIVE,
+    "synthetic": {"search": {"temperature": "anneal", "min_arch_updates": 1000,
+                             "pretrain_epochs": 1.0, "search_epochs": 3.0},
+                  "retrain": {"max_epochs": 6.0}},
+    "movielens-100k": _ADAPTIVE,
+    "movielens-1m": _ADAPTIVE,
+    "frappe": _ADAPTIVE,
+}
+
+
+def resolve(preset: str | None, config_file: str | None = None,
+            set_overrides: list[str] | None = None) -> ExperimentConfig:
+    """preset <- YAML file <- --set overrides."""
+    cfg = ExperimentConfig()
+    name = preset or "default"
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    cfg = merge(cfg, PRESETS[name])
+    if config_file:
+        cfg = merge(cfg, load_yaml(config_file))
+    if set_overrides:
+        cfg = merge(cfg, parse_set_overrides(set_overrides))
+    return cfg
+
+
+def preset_for_dataset(dataset: str) -> str:
+    return dataset if dataset in PRESETS else "default"
+
+
+__all__ = ["ModelConfig", "SearchConfig", "RetrainConfig", "ExperimentConfig", "PRESETS",
+           "resolve", "preset_for_dataset", "from_dict"]

@@ -1,0 +1,232 @@
+"""`python -m pipeline.search`: the AutoDim dimension search (the paper's Algorithm 1).
+
+Pre-training with alpha frozen at uniform, then alternating updates inside one compiled call:
+every step a model-weight update on a training batch, every f steps an alpha update on a
+validation batch (first-order DARTS). Writes `model_dir/dims.json` with the argmax dimensions.
+
+    python -m pipeline.search --data DIR --model_dir DIR [--config FILE] [--preset NAME]
+        [--set key=value ...] [--logical_cpus K] [--quiet]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from configs.experiment import ExperimentConfig, preset_for_dataset, resolve
+from configs.features import DataSchema
+from configs.loader import ConfigError, config_hash, to_dict
+from pipeline.errors import NonFiniteLossError
+
+DIMS_FILE = "dims.json"
+
+
+def search_schedule(cfg, train_rows: int) -> dict:
+    """Step counts of the two phases and the effective alpha-update period f."""
+    s = cfg.search
+    steps_per_epoch = max(1, math.ceil(train_rows / s.batch_size))
+    pretrain = s.pretrain_steps or int(round(s.pretrain_epochs * steps_per_epoch))
+    search = s.search_steps or int(round(s.search_epochs * steps_per_epoch))
+    f = s.arch_update_every
+    if s.variant == "autodim" and s.min_arch_updates and search > 0:
+        if search // f < s.min_arch_updates:
+            f = max(1, search // s.min_arch_updates)
+    if s.variant == "autodim":
+        search = int(math.ceil(search / f) * f)
+    return {"steps_per_epoch": steps_per_epoch, "pretrain_steps": pretrain,
+            "search_steps": search, "arch_update_every": f,
+            "arch_updates": search // f if s.variant == "autodim" else search}
+
+
+def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_cpus: int = 0,
+               quiet: bool = False, preset: str | None = None, strategy=None) -> dict:
+    """Runs (or resumes) a search and returns the dims.json contents."""
+    import keras
+    import tensorflow as tf
+
+    from models.factory import build_search_model
+    from pipeline import runtime, summaries
+    from pipeline.progress import Progress
+    from pipeline.strategy import make_strategy
+    from pipeline.trainer import (Optimizers, StepRunner, anneal_temperature, check_finite,
+                                  make_embedding_optimizer, paper_temperature)
+
+    schema = DataSchema.load(data_dir)
+    if schema.splits.get("train", 0) <= 0 or schema.splits.get("valid", 0) <= 0:
+        raise ConfigError(f"{data_dir}: the search needs non-empty train and valid splits, "
+                          f"schema.json has {schema.splits}")
+    m, s = cfg.model, cfg.search
+    record = {"kind": "search", "preset": preset, "config": to_dict(cfg),
+              "config_hash": config_hash(cfg), "schema_hash": schema.schema_hash,
+              "data_dir": str(Path(data_dir).resolve())}
+    model_dir = runtime.prepare_model_dir(model_dir, record)
+    strategy = strategy or make_strategy(logical_cpus)
+    sched = search_schedule(cfg, schema.splits["train"])
+    pretrain, f = sched["pretrain_steps"], sched["arch_update_every"]
+    total = pretrain + sched["search_steps"]
+    keras.utils.set_random_seed(s.seed)
+
+    with strategy.scope():
+        model = build_search_model(
+            m.backbone, [fs.vocab_size for fs in schema.fields], candidate_dims=m.candidate_dims,
+            lookup=m.lookup, unify=m.unify, candidate_norm=m.candidate_norm,
+            mlp_units=m.mlp_units, dropout=m.dropout)
+        model(tf.zeros([2, len(schema.fields)], tf.int32), training=False)
+        opts = Optimizers(dense=keras.optimizers.Adam(learning_rate=s.learning_rate),
+                          embedding=make_embedding_optimizer(s.embedding_optimizer, s.learning_rate),
+                          arch=keras.optimizers.Adam(learning_rate=s.arch_learning_rate))
+        opts.build(model)
+        if s.temperature == "paper":
+            temp_fn = paper_temperature(s.temperature_decay, s.temperature_min, pretrain)
+        else:
+            temp_fn = anneal_temperature(s.temperature_min, pretrain, sched["search_steps"])
+        runner = StepRunner(strategy, model, opts, s.batch_size,
+                            temperature_var=model.embedding.temperature, temperature_fn=temp_fn)
+    ckpt = runtime.Checkpointer(model_dir / "ckpt", s.keep_checkpoints, model=model,
+                                step=runner.step, **opts.trackables())
+    resumed = ckpt.restore_latest()
+    step = int(runner.step.numpy())
+    progress = Progress(total, quiet=quiet)
+    progress.log(f"search: {schema.dataset} {len(schema.fields)} fields, backbone={m.backbone} "
+                 f"lookup={m.lookup} unify={m.unify} variant={s.variant}, "
+                 f"{strategy.num_replicas_in_sync} replica(s); pretrain {pretrain} + search "
+                 f"{sched['search_steps']} steps, alpha every {f} steps"
+                 + (f"; resumed at step {step} from {resumed}" if resumed else ""))
+
+    arch_done = max(0, step - pretrain) // f if s.variant == "autodim" else 0
+    train_it = iter(runtime.distributed_stream(strategy, data_dir, schema, "train", s.batch_size,
+                                               seed=s.seed, skip_batches=step,
+                                               shuffle_buffer=s.shuffle_buffer))
+    val_it = iter(runtime.distributed_stream(strategy, data_dir, schema, "valid", s.batch_size,
+                                             seed=s.seed + 1, skip_batches=arch_done,
+                                             shuffle_buffer=s.shuffle_buffer))
+    eval_ds = runtime.distributed_eval(strategy, data_dir, schema, "valid", s.batch_size)
+    eval_every = s.eval_every or sched["steps_per_epoch"]
+    writers = {k: tf.summary.create_file_writer(str(model_dir / k)) for k in ("train", "valid")}
+    names = schema.field_names
+    emb = model.embedding
+
+    def log_alpha(at_step):
+        probs = np.asarray(emb.probabilities())
+        summaries.write_alpha(writers["train"], at_step, names, m.candidate_dims, probs,
+                              emb.chosen_dims())
+
+    def boundary(now, every):
+        return (now // every + 1) * every
+
+    last_time = time.monotonic()
+    while step < total:
+        in_pretrain = step < pretrain
+        limit = min(total, pretrain if in_pretrain else total, boundary(step, s.checkpoint_every),
+                    boundary(step, eval_every))
+        if in_pretrain or s.variant == "autodim_s":
+            n = max(1, min(s.steps_per_call, limit - step))
+            fn = runner.train if in_pretrain else runner.joint
+            loss_sum = fn(train_it, tf.constant(n, tf.int64))
+        else:
+            groups = max(1, min(max(1, s.steps_per_call // f), (limit - step) // f))
+            n = groups * f
+            loss_sum = runner.search(train_it, val_it, tf.constant(groups, tf.int64),
+                                     tf.constant(f, tf.int64))
+        prev, step = step, int(runner.step.numpy())
+        check_finite(loss_sum, step, ckpt.directory)
+        now = time.monotonic()
+        rate = n * s.batch_size / max(now - last_time, 1e-9)
+        last_time = now
+        progress.update(step, "pretrain" if in_pretrain else "search",
+                        loss=float(loss_sum) / n, tau=float(emb.temperature.numpy()))
+        if step // eval_every > prev // eval_every or step >= total:
+            train_m = runner.read_train_metrics()
+            val_m = runner.evaluate(eval_ds)
+            summaries.write_scalars(writers["train"], step, {
+                "loss": train_m["loss"], "auc": train_m["auc"],
+                "temperature": float(emb.temperature.numpy()),
+                "learning_rate/model": s.learning_rate,
+                "learning_rate/arch": s.arch_learning_rate, "examples_per_second": rate})
+            summaries.write_scalars(writers["valid"], step, {"loss": val_m["loss"],
+                                                             "auc": val_m["auc"]})
+            log_alpha(step)
+            progress.log(f"step {step}: train loss {train_m['loss']:.4f} auc {train_m['auc']:.4f}"
+                         f" | valid loss {val_m['loss']:.4f} auc {val_m['auc']:.4f}"
+                         f" | tau {float(emb.temperature.numpy()):.3f}")
+        if step // s.checkpoint_every > prev // s.checkpoint_every or step >= total:
+            ckpt.save(step)
+    progress.close()
+
+    probs = np.asarray(emb.probabilities())
+    chosen = emb.chosen_dims()
+    log_alpha(step)
+    for w in writers.values():
+        w.flush()
+    result = dims_record(schema, cfg, probs, chosen, sched, step)
+    runtime.atomic_write_json(model_dir / DIMS_FILE, result)
+    progress.log(format_dims(result))
+    return result
+
+
+def dims_record(schema: DataSchema, cfg: ExperimentConfig, probs, chosen, sched, step) -> dict:
+    dmax = max(cfg.model.candidate_dims)
+    fields = {}
+    for fs, p, d in zip(schema.fields, probs, chosen):
+        fields[fs.name] = {"dim": int(d), "probabilities": [round(float(x), 6) for x in p],
+                           "vocab_size": fs.vocab_size, "params": fs.vocab_size * int(d),
+                           "full_params": fs.vocab_size * dmax}
+    params = sum(v["params"] for v in fields.values())
+    full = sum(v["full_params"] for v in fields.values())
+    return {"dataset": schema.dataset, "schema_hash": schema.schema_hash,
+            "config_hash": config_hash(cfg), "backbone": cfg.model.backbone,
+            "variant": cfg.search.variant, "lookup": cfg.model.lookup, "unify": cfg.model.unify,
+            "candidate_dims": list(cfg.model.candidate_dims), "field_order": list(schema.field_names),
+            "fields": fields, "embedding_params": params, "full_embedding_params": full,
+            "params_share": params / full if full else 0.0, "steps": step, "schedule": sched}
+
+
+def format_dims(result: dict) -> str:
+    lines = [f"chosen dimensions ({result['embedding_params']:,} embedding parameters, "
+             f"{100 * result['params_share']:.1f}% of all fields at {max(result['candidate_dims'])}):"]
+    for name in result["field_order"]:
+        v = result["fields"][name]
+        lines.append(f"  {name:<16} dim {v['dim']:>3}  vocab {v['vocab_size']:>9,}  "
+                     f"p=[{' '.join(f'{x:.2f}' for x in v['probabilities'])}]")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.search", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="output directory of preprocessing.run")
+    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--config", help="YAML overrides of the preset")
+    parser.add_argument("--preset", help="named preset (default: the dataset's own)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set model.backbone=fm")
+    parser.add_argument("--logical_cpus", type=int, default=0,
+                        help="mirror over K logical CPU devices (tests the multi-replica path)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (CI logs)")
+    args = parser.parse_args(argv)
+    try:
+        if args.logical_cpus:  # must precede any TensorFlow op
+            from pipeline.strategy import make_strategy
+            strategy = make_strategy(args.logical_cpus)
+        else:
+            strategy = None
+        schema = DataSchema.load(args.data)
+        preset = args.preset or preset_for_dataset(schema.dataset)
+        cfg = resolve(preset, args.config, args.set)
+        run_search(args.data, args.model_dir, cfg, quiet=args.quiet, preset=preset,
+                   strategy=strategy)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
