@@ -1,0 +1,63 @@
+"""Dimension sources for retraining: a search's dims.json, `fde:D`, or `random:SEED` (RaS)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from configs.features import DataSchema
+from configs.loader import ConfigError
+
+
+def load_dims(source: str, schema: DataSchema, candidate_dims, *, trial: int = 0) -> dict:
+    """Returns {"source", "kind", "dims": [per field in schema order], "candidate_dims"}.
+
+    - a path to dims.json (or a directory holding one): refused unless it was searched on this
+      very schema (schema_hash) and names exactly the schema's fields;
+    - `fde:D`: every field at dimension D;
+    - `random:SEED`: each field uniformly from the candidate dimensions (the paper's RaS);
+      `trial` k draws the k-th independent sample for the same seed.
+    """
+    names = schema.field_names
+    if source.startswith("fde:"):
+        try:
+            d = int(source[4:])
+        except ValueError:
+            raise ConfigError(f"--dims {source!r}: expected fde:D with an integer D") from None
+        if d <= 0:
+            raise ConfigError(f"--dims {source!r}: D must be positive")
+        return {"source": source, "kind": "fde", "dims": [d] * len(names),
+                "candidate_dims": [d]}
+    if source.startswith("random:"):
+        try:
+            seed = int(source[7:])
+        except ValueError:
+            raise ConfigError(f"--dims {source!r}: expected random:SEED with an integer") from None
+        rng = np.random.default_rng([seed, trial])
+        cands = list(candidate_dims)
+        dims = [int(cands[i]) for i in rng.integers(0, len(cands), size=len(names))]
+        return {"source": f"{source}#{trial}", "kind": "random", "dims": dims,
+                "candidate_dims": cands}
+    path = Path(source)
+    if path.is_dir():
+        path = path / "dims.json"
+    if not path.is_file():
+        raise ConfigError(f"--dims {source!r}: not fde:D, random:SEED, or an existing dims.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+    if data.get("schema_hash") != schema.schema_hash:
+        raise ConfigError(
+            f"{path} was searched on dataset {data.get('dataset')!r} with schema "
+            f"{data.get('schema_hash')}, but --data has dataset {schema.dataset!r} with schema "
+            f"{schema.schema_hash}; search again on this data")
+    fields = data.get("fields", {})
+    missing = [n for n in names if n not in fields]
+    extra = [n for n in fields if n not in names]
+    if missing or extra:
+        raise ConfigError(f"{path}: fields differ from the schema (missing {missing}, extra {extra})")
+    return {"source": str(path), "kind": "autodim", "dims": [int(fields[n]["dim"]) for n in names],
+            "candidate_dims": data.get("candidate_dims"), "search_backbone": data.get("backbone"),
+            "variant": data.get("variant")}

@@ -1,0 +1,254 @@
+"""`python -m pipeline.retrain`: train the discrete architecture (the paper's Algorithm 2).
+
+    python -m pipeline.retrain --data DIR --dims SOURCE --model_dir DIR [--backbone NAME]
+        [--trials K] [--config FILE] [--preset NAME] [--set key=value ...] [--logical_cpus K]
+
+SOURCE is a search's dims.json, `fde:D` (every field at D) or `random:SEED` (RaS; `--trials K`
+keeps the best of K draws on validation). Early stopping on validation AUC restores the best
+weights; the test split is then scored and `metrics.json`, `test_predictions.npz` and
+`model.keras` are written to model_dir.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from configs.experiment import ExperimentConfig, preset_for_dataset, resolve
+from configs.features import DataSchema
+from configs.loader import ConfigError, config_hash, merge, to_dict
+from pipeline.dims import load_dims
+from pipeline.errors import NonFiniteLossError
+
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.keras"
+SPEC_FILE = "model_spec.json"
+PREDICTIONS_FILE = "test_predictions.npz"
+
+
+def retrain(data_dir: str, dims_source: str, model_dir: str, cfg: ExperimentConfig, *,
+            trials: int = 1, quiet: bool = False, preset: str | None = None, strategy=None,
+            logical_cpus: int = 0) -> dict:
+    """Retrains (or resumes) and returns metrics.json's contents; with trials > 1 (random dims)
+    trains each draw in model_dir/trials/K and keeps the best on validation AUC."""
+    schema = DataSchema.load(data_dir)
+    if trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {trials}")
+    if trials > 1 and not dims_source.startswith("random:"):
+        raise ConfigError("--trials > 1 only makes sense with --dims random:SEED")
+    if strategy is None:
+        from pipeline.strategy import make_strategy
+        strategy = make_strategy(logical_cpus)
+    if trials == 1:
+        dims = load_dims(dims_source, schema, cfg.model.candidate_dims)
+        return _retrain_one(data_dir, schema, dims, Path(model_dir), cfg, quiet=quiet,
+                            preset=preset, strategy=strategy)
+    results = []
+    for k in range(trials):
+        dims = load_dims(dims_source, schema, cfg.model.candidate_dims, trial=k)
+        sub = Path(model_dir) / "trials" / str(k)
+        results.append(_retrain_one(data_dir, schema, dims, sub, cfg, quiet=quiet,
+                                    preset=preset, strategy=strategy))
+    best_k = int(np.argmax([r["best_valid_auc"] for r in results]))
+    best = dict(results[best_k])
+    best["trial"] = best_k
+    best["trials"] = [{"trial": k, "valid_auc": r["best_valid_auc"], "test_auc": r["test_auc"],
+                       "params": r["params"]} for k, r in enumerate(results)]
+    top = Path(model_dir)
+    for name in (MODEL_FILE, SPEC_FILE, PREDICTIONS_FILE):
+        shutil.copy2(top / "trials" / str(best_k) / name, top / name)
+    from pipeline.runtime import atomic_write_json
+    atomic_write_json(top / METRICS_FILE, best)
+    return best
+
+
+def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentConfig, *, quiet,
+                 preset, strategy) -> dict:
+    import keras
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    from models.factory import build_retrain_model
+    from models.params import parameter_report
+    from pipeline import runtime, summaries
+    from pipeline.progress import Progress
+    from pipeline.trainer import (Optimizers, StepRunner, check_finite, make_embedding_optimizer,
+                                  numpy_auc, numpy_logloss)
+
+    m, r = cfg.model, cfg.retrain
+    dims_list = dims["dims"]
+    dims_hash = hashlib.sha256(json.dumps(dims_list).encode()).hexdigest()[:16]
+    record = {"kind": "retrain", "preset": preset, "config": to_dict(cfg),
+              "config_hash": config_hash(cfg), "schema_hash": schema.schema_hash,
+              "dims_hash": dims_hash, "dims": dims, "data_dir": str(Path(data_dir).resolve())}
+    model_dir = runtime.prepare_model_dir(model_dir, record)
+    metrics_path = model_dir / METRICS_FILE
+    if metrics_path.exists():  # finished already: a rerun is a no-op
+        return json.loads(metrics_path.read_text(encoding="utf-8"))
+
+    spe = max(1, -(-schema.splits["train"] // r.batch_size))
+    max_steps = max(1, int(round(r.max_epochs * spe)))
+    eval_every = r.eval_every or spe
+    vocab_sizes = [f.vocab_size for f in schema.fields]
+    output_dim = max(dims_list) if dims["kind"] == "fde" else max(
+        list(dims.get("candidate_dims") or []) + list(dims_list))
+    spec = {"backbone": m.backbone, "vocab_sizes": vocab_sizes, "dims": dims_list,
+            "unify": r.unify, "output_dim": int(output_dim), "mlp_units": list(m.mlp_units),
+            "dropout": m.dropout, "field_names": list(schema.field_names),
+            "schema_hash": schema.schema_hash, "data_dir": str(Path(data_dir).resolve())}
+    keras.utils.set_random_seed(r.seed)
+    with strategy.scope():
+        model = build_retrain_model(m.backbone, vocab_sizes, dims_list, unify=r.unify,
+                                    output_dim=int(output_dim), mlp_units=m.mlp_units,
+                                    dropout=m.dropout)
+        model(tf.zeros([2, len(vocab_sizes)], tf.int32), training=False)
+        opts = Optimizers(dense=keras.optimizers.Adam(learning_rate=r.learning_rate),
+                          embedding=make_embedding_optimizer(r.embedding_optimizer, r.learning_rate))
+        opts.build(model)
+        runner = StepRunner(strategy, model, opts, r.batch_size)
+        best_auc = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_auc")
+        bad_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_evals")
+    ckpt = runtime.Checkpointer(model_dir / "ckpt", r.keep_checkpoints, model=model,
+                                step=runner.step, best_auc=best_auc, bad_evals=bad_evals,
+                                **opts.trackables())
+    best_ckpt = tf.train.Checkpoint(model=model)
+    best_prefix = str(model_dir / "best" / "weights")
+    resumed = ckpt.restore_latest()
+    step = int(runner.step.numpy())
+    progress = Progress(max_steps, quiet=quiet)
+    report = parameter_report(model)
+    progress.log(f"retrain: {schema.dataset} backbone={m.backbone} dims from {dims['source']} "
+                 f"({report['embedding']:,} embedding params), max {max_steps} steps"
+                 + (f"; resumed at step {step}" if resumed else ""))
+    writers = {k: tf.summary.create_file_writer(str(model_dir / k)) for k in ("train", "valid")}
+    if not resumed:
+        with writers["valid"].as_default():
+            hp.hparams({"backbone": m.backbone, "dims_kind": dims["kind"],
+                        "dims_source": dims["source"], "unify": r.unify,
+                        "embedding_params": int(report["embedding"]),
+                        "learning_rate": r.learning_rate, "batch_size": r.batch_size})
+    train_it = iter(runtime.distributed_stream(strategy, data_dir, schema, "train", r.batch_size,
+                                               seed=r.seed, skip_batches=step,
+                                               shuffle_buffer=r.shuffle_buffer))
+    eval_ds = runtime.distributed_eval(strategy, data_dir, schema, "valid", r.batch_size)
+    started = time.monotonic()
+    trained_steps = 0
+    stopped_early = False
+    while step < max_steps and int(bad_evals.numpy()) < r.patience:
+        limit = min(max_steps, (step // eval_every + 1) * eval_every,
+                    (step // r.checkpoint_every + 1) * r.checkpoint_every)
+        n = max(1, min(r.steps_per_call, limit - step))
+        t0 = time.monotonic()
+        loss_sum = runner.train(train_it, tf.constant(n, tf.int64))
+        prev, step = step, int(runner.step.numpy())
+        check_finite(loss_sum, step, ckpt.directory)
+        trained_steps += n
+        rate = n * r.batch_size / max(time.monotonic() - t0, 1e-9)
+        progress.update(step, "retrain", loss=float(loss_sum) / n)
+        if step // eval_every > prev // eval_every or step >= max_steps:
+            tm = runner.read_train_metrics()
+            vm = runner.evaluate(eval_ds)
+            summaries.write_scalars(writers["train"], step, {"loss": tm["loss"], "auc": tm["auc"],
+                                    "examples_per_second": rate, "learning_rate/model": r.learning_rate})
+            summaries.write_scalars(writers["valid"], step, {"loss": vm["loss"], "auc": vm["auc"]})
+            improved = vm["auc"] > float(best_auc.numpy())
+            if improved:
+                best_auc.assign(vm["auc"])
+                bad_evals.assign(0)
+                best_ckpt.write(best_prefix)
+            else:
+                bad_evals.assign_add(1)
+            progress.log(f"step {step}: train loss {tm['loss']:.4f} | valid loss {vm['loss']:.4f} "
+                         f"auc {vm['auc']:.4f}{' (best)' if improved else ''}")
+            stopped_early = int(bad_evals.numpy()) >= r.patience
+        if step // r.checkpoint_every > prev // r.checkpoint_every or step >= max_steps or stopped_early:
+            ckpt.save(step)
+    progress.close()
+    train_seconds = time.monotonic() - started
+
+    best_ckpt.read(best_prefix).assert_existing_objects_matched()
+    labels, probs = predict_split(model, data_dir, schema, "test", r.batch_size)
+    np.savez_compressed(model_dir / PREDICTIONS_FILE, labels=labels, probabilities=probs)
+    model.save(model_dir / MODEL_FILE)
+    runtime.atomic_write_json(model_dir / SPEC_FILE, spec)
+    metrics = {
+        "dataset": schema.dataset, "schema_hash": schema.schema_hash, "backbone": m.backbone,
+        "dims_source": dims["source"], "dims_kind": dims["kind"],
+        "dims": dict(zip(schema.field_names, dims_list)),
+        "test_auc": numpy_auc(labels, probs), "test_logloss": numpy_logloss(labels, probs),
+        "test_rows": int(labels.size), "best_valid_auc": float(best_auc.numpy()),
+        "params": int(report["embedding"]), "parameter_report": report,
+        "steps": step, "stopped_early": stopped_early, "train_seconds": train_seconds,
+        "examples_per_second": trained_steps * r.batch_size / max(train_seconds, 1e-9),
+    }
+    with writers["valid"].as_default(step=step):
+        tf.summary.scalar("test/auc", metrics["test_auc"])
+        tf.summary.scalar("test/logloss", metrics["test_logloss"])
+    for w in writers.values():
+        w.flush()
+    runtime.atomic_write_json(metrics_path, metrics)
+    progress.log(f"test auc {metrics['test_auc']:.4f} logloss {metrics['test_logloss']:.4f} "
+                 f"params {metrics['params']:,} -> {metrics_path}")
+    return metrics
+
+
+def predict_split(model, data_dir, schema, split: str, batch_size: int):
+    """Labels and probabilities of every record of `split`, in file order."""
+    import tensorflow as tf
+
+    from pipeline import input as input_lib
+
+    ds = input_lib.make_dataset(data_dir, schema, split, batch_size, shuffle=False, repeat=False,
+                                seed=None)
+
+    @tf.function
+    def scores(ids):
+        return tf.sigmoid(model(ids, training=False))
+
+    labels, probs = [], []
+    for ids, y in ds:
+        labels.append(y.numpy())
+        probs.append(scores(ids).numpy())
+    return np.concatenate(labels), np.concatenate(probs)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.retrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--dims", required=True, help="dims.json, fde:D or random:SEED")
+    parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--backbone", help="retrain with another backbone than the search's")
+    parser.add_argument("--trials", type=int, default=1, help="RaS: best of K random draws")
+    parser.add_argument("--config")
+    parser.add_argument("--preset")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--logical_cpus", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        strategy = None
+        if args.logical_cpus:
+            from pipeline.strategy import make_strategy
+            strategy = make_strategy(args.logical_cpus)
+        schema = DataSchema.load(args.data)
+        preset = args.preset or preset_for_dataset(schema.dataset)
+        cfg = resolve(preset, args.config, args.set)
+        if args.backbone:
+            cfg = merge(cfg, {"model": {"backbone": args.backbone}})
+        retrain(args.data, args.dims, args.model_dir, cfg, trials=args.trials, quiet=args.quiet,
+                preset=preset, strategy=strategy)
+    except (ConfigError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
