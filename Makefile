@@ -6,10 +6,10 @@ DEMO_DIR ?= runs/demo
 
 .PHONY: demo test install clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-serving.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-serving.txt
 	touch $@
 
 install: $(VENV)/.installed
