@@ -105,8 +105,7 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     keras.utils.set_random_seed(r.seed)
     with strategy.scope():
         model = build_retrain_model(m.backbone, vocab_sizes, dims_list, unify=r.unify,
-                                    output_dim=int(output_dim), mlp_units=m.mlp_units,
-                                    dropout=m.dropout)
+                                    output_dim=int(output_dim), **runtime.backbone_kwargs(m))
         model(tf.zeros([2, len(vocab_sizes)], tf.int32), training=False)
         opts = Optimizers(dense=keras.optimizers.Adam(learning_rate=r.learning_rate),
                           embedding=make_embedding_optimizer(r.embedding_optimizer, r.learning_rate))

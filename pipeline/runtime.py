@@ -103,3 +103,10 @@ class Checkpointer:
 
     def save(self, step: int) -> str:
         return self.manager.save(checkpoint_number=step)
+
+
+def backbone_kwargs(model_cfg) -> dict:
+    """The MLP settings of `model_cfg` for the backbones that have an MLP (all but FM)."""
+    if model_cfg.backbone == "fm":
+        return {}
+    return {"hidden_units": tuple(model_cfg.mlp_units), "dropout": model_cfg.dropout}

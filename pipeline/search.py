@@ -73,8 +73,8 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
     with strategy.scope():
         model = build_search_model(
             m.backbone, [fs.vocab_size for fs in schema.fields], candidate_dims=m.candidate_dims,
-            lookup=m.lookup, unify=m.unify, candidate_norm=m.candidate_norm,
-            mlp_units=m.mlp_units, dropout=m.dropout)
+            lookup=m.lookup, unify=m.unify, candidate_norm=m.candidate_norm, seed=s.seed,
+            **runtime.backbone_kwargs(m))
         model(tf.zeros([2, len(schema.fields)], tf.int32), training=False)
         opts = Optimizers(dense=keras.optimizers.Adam(learning_rate=s.learning_rate),
                           embedding=make_embedding_optimizer(s.embedding_optimizer, s.learning_rate),

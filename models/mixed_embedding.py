@@ -1,0 +1,120 @@
+"""Re-training embedding (paper Sec. 2.4.2): one chosen dim per field, unified to `output_dim`.
+
+Fields are grouped by dimension; each group is one concatenated table (one gather per group, sparse
+gradients) and, for `unify="linear"`, one batched matmul (field-major) with per-field [d, output_dim] weights and
+[output_dim] biases. No BatchNorm (the paper drops it at re-training: there is nothing to compare).
+
+Design choice: with `unify="linear"` every field is projected, including fields whose dim already
+equals `output_dim`. The paper's Eq. 1 transforms every candidate including d_N, so the re-trained
+model has the same function class as the searched one. With `unify="zero_pad"` a field of width
+`output_dim` is used as is, so all-equal dims with `zero_pad` is a plain embedding (the fast FDE path,
+see `FixedEmbedding`).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models._tables import FieldTables
+from models._validation import (
+    check_choice,
+    check_dim_list,
+    check_positive_int,
+    check_vocab_sizes,
+    get_embeddings_initializer,
+)
+
+UNIFIES = ("linear", "zero_pad")
+
+
+@keras.saving.register_keras_serializable(package="autodim")
+class MixedDimEmbedding(keras.layers.Layer):
+    """int ids [B, M] -> [B, M, output_dim] with field m embedded in dims[m] then unified."""
+
+    _owner = "MixedDimEmbedding"
+
+    def __init__(
+        self,
+        vocab_sizes: Sequence[int],
+        dims: Sequence[int],
+        output_dim: int | None = None,
+        unify: str = "linear",
+        embeddings_initializer: Any = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        owner = self._owner
+        self.vocab_sizes = check_vocab_sizes(owner, vocab_sizes)
+        self.dims = check_dim_list(owner, "dims", dims, increasing=False)
+        if len(self.dims) != len(self.vocab_sizes):
+            raise ValueError(
+                f"{owner}: dims has {len(self.dims)} entries but vocab_sizes has {len(self.vocab_sizes)} fields "
+                f"(dims={list(self.dims)})"
+            )
+        self.output_dim = max(self.dims) if output_dim is None else check_positive_int(owner, "output_dim", output_dim)
+        self._output_dim_arg = output_dim
+        self.unify = check_choice(owner, "unify", unify, UNIFIES)
+        if self.unify == "zero_pad" and self.output_dim < max(self.dims):
+            raise ValueError(
+                f"{owner}: unify='zero_pad' needs output_dim >= max(dims)={max(self.dims)}, got output_dim={output_dim}"
+            )
+        self.embeddings_initializer = get_embeddings_initializer(embeddings_initializer)
+        self._tables = FieldTables(self.vocab_sizes, self.dims, owner)
+
+    def build(self, input_shape):
+        num_fields = len(self.vocab_sizes)
+        if len(input_shape) != 2 or (input_shape[1] is not None and input_shape[1] != num_fields):
+            raise ValueError(f"{self._owner}: expected ids of shape [batch, {num_fields}], got {tuple(input_shape)}")
+        self._tables.create(self, self.embeddings_initializer)
+        self.kernels, self.biases = [], []
+        if self.unify == "linear":
+            for group in self._tables.groups:
+                limit = float(np.sqrt(6.0 / (group.width + self.output_dim)))
+                self.kernels.append(self.add_weight(
+                    name=f"transform_kernel_w{group.width}", shape=(len(group.fields), group.width, self.output_dim),
+                    initializer=keras.initializers.RandomUniform(-limit, limit),
+                ))
+                self.biases.append(self.add_weight(
+                    name=f"transform_bias_w{group.width}", shape=(len(group.fields), self.output_dim),
+                    initializer="zeros",
+                ))
+
+    @property
+    def embedding_variables(self) -> list:
+        return list(self._tables.tables)
+
+    @property
+    def arch_variables(self) -> list:
+        return []
+
+    @property
+    def transform_variables(self) -> list:
+        return list(self.kernels) + list(self.biases)
+
+    def call(self, ids, training=None):
+        ids = self._tables.check_ids(ids)
+        if self.unify == "zero_pad":
+            return self._tables.lookup_padded(ids, self.output_dim)
+        # Field-major [M_g, B, d] @ [M_g, d, E]: one batched matmul per group, no per-field loop.
+        parts = [
+            tf.matmul(x, kernel) + bias[:, None, :]
+            for x, kernel, bias in zip(self._tables.lookup(ids, field_major=True), self.kernels, self.biases)
+        ]
+        return tf.transpose(self._tables.merge(parts, field_major=True), [1, 0, 2])
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], len(self.vocab_sizes), self.output_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            vocab_sizes=list(self.vocab_sizes),
+            dims=list(self.dims),
+            output_dim=self._output_dim_arg,
+            unify=self.unify,
+            embeddings_initializer=keras.initializers.serialize(self.embeddings_initializer),
+        )
+        return config
