@@ -105,7 +105,9 @@ class FieldTables:
             if any(group.offsets):
                 offsets = tf.constant(group.offsets, dtype=self.index_dtype)
                 group_ids = group_ids + (offsets[:, None] if field_major else offsets)
-            out.append(tf.gather(table, group_ids))
+            # `table.value` (the tf.Variable) makes this a sparse resource gather; gathering from
+            # the Keras variable would read (and, after sparse writes, copy) the whole table.
+            out.append(tf.gather(table.value, group_ids))
         return out
 
     def merge(self, parts: Sequence[tf.Tensor], field_major: bool = False) -> tf.Tensor:
