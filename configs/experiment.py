@@ -51,7 +51,13 @@ class SearchConfig:
       `temperature_min` over the search phase, so it anneals on data of any size.
     arch_learning_rate: Adam's step on alpha is about the learning rate per update whatever the
       gradient's size, so alpha can move at most ~lr x updates; `min_arch_updates` > 0 raises the
-      update frequency (lowers f) on small data so at least that many alpha updates happen.
+      update frequency (lowers f) on small data so at least that many alpha updates happen, and
+      `arch_lr_budget` > 0 raises the alpha learning rate to budget / (number of alpha updates), so
+      alpha can move `budget` logits over the search whatever the data size (0 = the paper's).
+    param_cost: weight of a parameter-cost term in the architecture loss, param_cost x the mean
+      over fields of E_softmax(alpha)[d] / d_max (`param_cost_weighting: params` weights each
+      field by its share of the vocabulary, i.e. by real memory). Fields whose larger candidates do
+      not lower the validation loss drift to small dimensions; 0 is the paper's objective.
     """
 
     variant: Literal["autodim", "autodim_s"] = "autodim"
@@ -67,6 +73,9 @@ class SearchConfig:
     temperature: Literal["paper", "anneal"] = "paper"
     temperature_min: float = 0.01
     temperature_decay: float = 0.00005
+    arch_lr_budget: float = 0.0
+    param_cost: float = 0.0
+    param_cost_weighting: Literal["field", "params"] = "field"
     embedding_optimizer: Literal["lazy_adam", "adam"] = "lazy_adam"
     steps_per_call: int = 10
     checkpoint_every: int = 500
@@ -77,6 +86,7 @@ class SearchConfig:
 
     def __post_init__(self):
         checks = {
+            "arch_lr_budget": self.arch_lr_budget >= 0, "param_cost": self.param_cost >= 0,
             "batch_size": self.batch_size > 0, "learning_rate": self.learning_rate > 0,
             "arch_learning_rate": self.arch_learning_rate > 0,
             "arch_update_every": self.arch_update_every >= 1,
@@ -128,14 +138,14 @@ class ExperimentConfig:
 
 # Named presets. `paper` is the paper's recipe exactly; dataset presets start from the adaptive
 # defaults that make the search work on data of that size (see README "Making the search work").
-_ADAPTIVE = {"search": {"temperature": "anneal", "min_arch_updates": 1000}}
+_ADAPTIVE = {"search": {"temperature": "anneal", "min_arch_updates": 1000,
+                        "arch_lr_budget": 3.0, "param_cost": 0.05}}
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"model": {"candidate_norm": "batchnorm"}},
     "default": _ADAPTIVE,
     "criteo": _ADAPTIVE,
     "avazu": _ADAPTIVE,
-    "synthetic": {"search": {"temperature": "anneal", "min_arch_updates": 1000,
-                             "pretrain_epochs": 1.0, "search_epochs": 3.0},
+    "synthetic": {"search": {**_ADAPTIVE["search"], "pretrain_epochs": 1.0, "search_epochs": 3.0},
                   "retrain": {"max_epochs": 6.0}},
     "movielens-100k": _ADAPTIVE,
     "movielens-1m": _ADAPTIVE,

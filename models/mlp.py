@@ -35,7 +35,7 @@ class MLP(keras.layers.Layer):
         self.output_units = output_units
         self.dense_layers = [keras.layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(self.hidden_units)]
         self.norm_layers = (
-            [keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"bn_{i}") for i in range(len(self.hidden_units))]
+            [keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True, name=f"bn_{i}") for i in range(len(self.hidden_units))]
             if batchnorm else []
         )
         self.dropout_layers = [keras.layers.Dropout(self.dropout, name=f"dropout_{i}") for i in range(len(self.hidden_units))]

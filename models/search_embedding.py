@@ -238,6 +238,15 @@ class AutoDimEmbedding(keras.layers.Layer):
         scores = tf.nn.log_softmax(logits, axis=-1) + gumbel * tf.convert_to_tensor(self.gumbel_scale)
         return tf.nn.softmax(scores / tf.convert_to_tensor(self.temperature), axis=-1)
 
+    @property
+    def candidate_dims_matrix(self) -> np.ndarray:
+        """[M, N] candidate dimension of each field's slot (0 where a field has fewer candidates)."""
+        return np.where(self._valid, self._dims, 0).astype(np.float32)
+
+    def expected_dims(self) -> tf.Tensor:
+        """[M] sum_n softmax(alpha)_n * d_n: differentiable in alpha (for a parameter-cost term)."""
+        return tf.reduce_sum(self.probabilities() * tf.constant(self.candidate_dims_matrix), axis=-1)
+
     def chosen_dims(self) -> list[int]:
         """Eq. 13: the candidate dim with the largest alpha, per field (eager only)."""
         best = np.argmax(np.asarray(self.probabilities()), axis=-1)

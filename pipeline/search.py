@@ -37,9 +37,33 @@ def search_schedule(cfg, train_rows: int) -> dict:
             f = max(1, search // s.min_arch_updates)
     if s.variant == "autodim":
         search = int(math.ceil(search / f) * f)
+    updates = search // f if s.variant == "autodim" else search
+    arch_lr = s.arch_learning_rate
+    if s.arch_lr_budget and updates:
+        arch_lr = max(arch_lr, s.arch_lr_budget / updates)
     return {"steps_per_epoch": steps_per_epoch, "pretrain_steps": pretrain,
-            "search_steps": search, "arch_update_every": f,
-            "arch_updates": search // f if s.variant == "autodim" else search}
+            "search_steps": search, "arch_update_every": f, "arch_updates": updates,
+            "arch_learning_rate": arch_lr}
+
+
+def param_cost_fn(embedding, search_cfg, vocab_sizes):
+    """lambda x mean_m w_m E[d_m] / d_max (w = 1, or the field's vocabulary share x M)."""
+    import tensorflow as tf
+
+    if not search_cfg.param_cost:
+        return None
+    dmax = float(embedding.candidate_dims_matrix.max())
+    if search_cfg.param_cost_weighting == "params":
+        v = np.asarray(vocab_sizes, np.float32)
+        weights = v / v.sum() * len(v)
+    else:
+        weights = np.ones(len(vocab_sizes), np.float32)
+    w = tf.constant(weights)
+    lam = float(search_cfg.param_cost)
+
+    def cost():
+        return lam * tf.reduce_mean(w * embedding.expected_dims()) / dmax
+    return cost
 
 
 def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_cpus: int = 0,
@@ -70,22 +94,24 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
     total = pretrain + sched["search_steps"]
     keras.utils.set_random_seed(s.seed)
 
+    vocab_sizes = [fs.vocab_size for fs in schema.fields]
     with strategy.scope():
         model = build_search_model(
-            m.backbone, [fs.vocab_size for fs in schema.fields], candidate_dims=m.candidate_dims,
+            m.backbone, vocab_sizes, candidate_dims=m.candidate_dims,
             lookup=m.lookup, unify=m.unify, candidate_norm=m.candidate_norm, seed=s.seed,
             **runtime.backbone_kwargs(m))
         model(tf.zeros([2, len(schema.fields)], tf.int32), training=False)
         opts = Optimizers(dense=keras.optimizers.Adam(learning_rate=s.learning_rate),
                           embedding=make_embedding_optimizer(s.embedding_optimizer, s.learning_rate),
-                          arch=keras.optimizers.Adam(learning_rate=s.arch_learning_rate))
+                          arch=keras.optimizers.Adam(learning_rate=sched["arch_learning_rate"]))
         opts.build(model)
         if s.temperature == "paper":
             temp_fn = paper_temperature(s.temperature_decay, s.temperature_min, pretrain)
         else:
             temp_fn = anneal_temperature(s.temperature_min, pretrain, sched["search_steps"])
         runner = StepRunner(strategy, model, opts, s.batch_size,
-                            temperature_var=model.embedding.temperature, temperature_fn=temp_fn)
+                            temperature_var=model.embedding.temperature, temperature_fn=temp_fn,
+                            arch_regularizer=param_cost_fn(model.embedding, s, vocab_sizes))
     ckpt = runtime.Checkpointer(model_dir / "ckpt", s.keep_checkpoints, model=model,
                                 step=runner.step, **opts.trackables())
     resumed = ckpt.restore_latest()
@@ -94,7 +120,8 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
     progress.log(f"search: {schema.dataset} {len(schema.fields)} fields, backbone={m.backbone} "
                  f"lookup={m.lookup} unify={m.unify} variant={s.variant}, "
                  f"{strategy.num_replicas_in_sync} replica(s); pretrain {pretrain} + search "
-                 f"{sched['search_steps']} steps, alpha every {f} steps"
+                 f"{sched['search_steps']} steps, alpha every {f} steps "
+                 f"(lr {sched['arch_learning_rate']:.3g})"
                  + (f"; resumed at step {step} from {resumed}" if resumed else ""))
 
     arch_done = max(0, step - pretrain) // f if s.variant == "autodim" else 0
@@ -146,7 +173,7 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
                 "loss": train_m["loss"], "auc": train_m["auc"],
                 "temperature": float(emb.temperature.numpy()),
                 "learning_rate/model": s.learning_rate,
-                "learning_rate/arch": s.arch_learning_rate, "examples_per_second": rate})
+                "learning_rate/arch": sched["arch_learning_rate"], "examples_per_second": rate})
             summaries.write_scalars(writers["valid"], step, {"loss": val_m["loss"],
                                                              "auc": val_m["auc"]})
             log_alpha(step)

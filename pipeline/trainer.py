@@ -69,13 +69,14 @@ class StepRunner:
     """
 
     def __init__(self, strategy, model, optimizers: Optimizers, global_batch_size: int,
-                 temperature_var=None, temperature_fn=None):
+                 temperature_var=None, temperature_fn=None, arch_regularizer=None):
         self.strategy = strategy
         self.model = model
         self.opt = optimizers
         self.global_batch_size = int(global_batch_size)
         self.temperature_var = temperature_var
         self.temperature_fn = temperature_fn
+        self.arch_regularizer = arch_regularizer
         with strategy.scope():
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             self.train_loss = keras.metrics.Mean(name="train_loss")
@@ -94,13 +95,20 @@ class StepRunner:
         loss = tf.nn.compute_average_loss(per_ex, global_batch_size=self.global_batch_size)
         return logits, per_ex, loss
 
+    def _arch_penalty(self):
+        """The architecture regulariser, scaled so its replica-summed gradient counts once."""
+        if self.arch_regularizer is None:
+            return 0.0
+        return tf.nn.scale_regularization_loss(self.arch_regularizer())
+
     def _weight_step(self, ids, labels, with_arch: bool = False):
         dense = self.model.dense_variables
         emb = self.model.embedding_variables
         arch = self.model.arch_variables if with_arch else []
         with tf.GradientTape() as tape:
             logits, per_ex, loss = self._forward_loss(ids, labels)
-        grads = tape.gradient(loss, dense + emb + arch)
+            objective = loss + self._arch_penalty() if with_arch else loss
+        grads = tape.gradient(objective, dense + emb + arch)
         n_d, n_e = len(dense), len(emb)
         self.opt.dense.apply_gradients(zip(grads[:n_d], dense))
         self.opt.embedding.apply_gradients(zip(grads[n_d:n_d + n_e], emb))
@@ -114,7 +122,8 @@ class StepRunner:
         arch = self.model.arch_variables
         with tf.GradientTape() as tape:
             _, _, loss = self._forward_loss(ids, labels)
-        grads = tape.gradient(loss, arch)
+            objective = loss + self._arch_penalty()
+        grads = tape.gradient(objective, arch)
         self.opt.arch.apply_gradients(zip(grads, arch))
         return loss
 

@@ -18,7 +18,7 @@ class NFM(keras.layers.Layer):
     def __init__(self, hidden_units: Sequence[int] = (128, 128), dropout: float = 0.2, batchnorm: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.mlp = MLP(hidden_units, dropout, batchnorm, output_units=1, name="mlp")
-        self.pool_norm = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="pool_bn") if batchnorm else None
+        self.pool_norm = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True, name="pool_bn") if batchnorm else None
         self.pool_dropout = keras.layers.Dropout(self.mlp.dropout, name="pool_dropout")
 
     def build(self, input_shape):

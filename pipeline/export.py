@@ -1,0 +1,291 @@
+"""`python -m pipeline.export`: a retrained model_dir -> a TF Serving SavedModel version.
+
+    python -m pipeline.export --model_dir DIR --export_dir EXPORTS [--name NAME]
+        [--data_dir DATA] [--warmup_rows 8]
+
+Writes `EXPORTS/NAME/<version>/` (NAME defaults to the dataset name; version = 1 + the largest
+integer version present, never overwriting one). The SavedModel is written to a hidden temporary
+sibling (`EXPORTS/NAME/.tmp-...`, ignored by TF Serving, which only loads integer directories)
+and renamed into place, so a polling server never sees a half-written version.
+
+Contents:
+- signatures `serving_default` (one tf.string [None] input per raw field -> `probability`,
+  `logit` [None]), `serving_tf_example` (serialized tf.Examples with a bytes_list per raw field
+  -> the same outputs) and `transform` (raw fields -> `ids` int64 [None, M], `tokens`);
+- assets: `schema.json`, `model_spec.json` and one vocabulary file per field (`<field>.txt`);
+- `assets.extra/tf_serving_warmup_requests`: PredictionLog records with PredictRequests for
+  `serving_default` built from real raw rows (the first parseable lines of the preprocessing
+  input recorded in DATA/stats.json, when those files still exist) or, failing that, synthesised
+  from the vocabularies (most frequent tokens; for numeric fields a raw number of the bucket).
+  `assets.extra/export.json` records which, plus the source model_dir and spec.
+
+The preprocessing output (`data_dir` of model_spec.json) must be the one the model was trained
+on: its schema_hash must equal the spec's (override the path with --data_dir when it moved).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from configs.features import SCHEMA_FILE, DataSchema, DatasetSpec, MISSING_TOKEN
+from configs.loader import ConfigError, from_dict
+
+MODEL_FILE = "model.keras"
+SPEC_FILE = "model_spec.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+EXPORT_INFO = "export.json"
+DEFAULT_WARMUP_ROWS = 8
+
+
+class ExportError(ValueError):
+    """The model_dir, data_dir or export_dir cannot be exported as asked; names the file."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def load_model_dir(model_dir: str | Path, data_dir: str | Path | None = None):
+    """(spec dict, DataSchema, data_dir) after checking the files and the schema hash."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ExportError(f"model_dir {model_dir} does not exist")
+    for name in (MODEL_FILE, SPEC_FILE):
+        if not (model_dir / name).is_file():
+            raise ExportError(f"{model_dir / name} is missing: {model_dir} is not a finished "
+                              f"`python -m pipeline.retrain` model_dir")
+    try:
+        spec = json.loads((model_dir / SPEC_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{model_dir / SPEC_FILE}: invalid JSON: {exc}") from None
+    for key in ("schema_hash", "field_names", "vocab_sizes", "data_dir"):
+        if key not in spec:
+            raise ExportError(f"{model_dir / SPEC_FILE} has no {key!r}")
+    data_dir = Path(data_dir or spec["data_dir"])
+    try:
+        schema = DataSchema.load(data_dir)
+    except ConfigError as exc:
+        raise ExportError(f"{exc} (data_dir of {model_dir / SPEC_FILE}; pass --data_dir if "
+                          f"the preprocessing output moved)") from None
+    if schema.schema_hash != spec["schema_hash"]:
+        raise ExportError(f"schema_hash mismatch: {model_dir / SPEC_FILE} has "
+                          f"{spec['schema_hash']} but {data_dir / SCHEMA_FILE} has "
+                          f"{schema.schema_hash}; the model was trained on another preprocessing "
+                          f"output")
+    if list(spec["field_names"]) != list(schema.field_names) or \
+            list(spec["vocab_sizes"]) != [f.vocab_size for f in schema.fields]:
+        raise ExportError(f"{model_dir / SPEC_FILE}: field names or vocab sizes differ from "
+                          f"{data_dir / SCHEMA_FILE}")
+    for f in schema.fields:
+        path = data_dir / f.vocab_file
+        if not path.is_file():
+            raise ExportError(f"vocabulary file {path} of field {f.name} is missing")
+        tokens = schema.read_vocab(data_dir, f.name)
+        if len(tokens) != f.vocab_size - 1:
+            raise ExportError(f"{path} has {len(tokens)} tokens but schema.json says field "
+                              f"{f.name} has vocab_size {f.vocab_size} (= tokens + 1)")
+    return spec, schema, data_dir
+
+
+def dataset_spec_of(schema: DataSchema) -> DatasetSpec:
+    """The resolved DatasetSpec the preprocessing job recorded in schema.json."""
+    try:
+        return from_dict(DatasetSpec, schema.config["dataset"], "dataset")
+    except (KeyError, TypeError) as exc:
+        raise ExportError(f"schema.json of dataset {schema.dataset} has no resolved dataset "
+                          f"config: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- warm-up rows
+
+def raw_rows_from_inputs(schema: DataSchema, data_dir: Path, n: int) -> tuple[list[dict], str]:
+    """Up to n raw rows ({field: raw string}) read from the preprocessing input files named in
+    data_dir/stats.json, or ([], reason) when that is not possible."""
+    from preprocessing.formats import MalformedRecord, line_parser
+
+    stats_path = data_dir / "stats.json"
+    if not stats_path.is_file():
+        return [], f"{stats_path} is missing"
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    try:
+        parser = line_parser(dataset_spec_of(schema))
+    except ConfigError as exc:
+        return [], str(exc)
+    paths = []
+    for pattern in str(stats.get("input", "")).split(", "):
+        if pattern and "://" not in pattern:
+            paths += sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+    if not paths:
+        return [], f"the input files of {stats_path} ({stats.get('input')!r}) no longer exist"
+    index = [(parser.columns.index(name), name) for name in schema.field_names]
+    rows = []
+    for path in paths:
+        opener = __import__("gzip").open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding=parser.encoding, errors="replace") as fh:
+            for line_no, line in enumerate(fh, 1):
+                text = line.rstrip("\r\n")
+                if not text.strip():
+                    continue
+                try:
+                    got = parser.split(text, line_no)
+                    if got is None:
+                        continue
+                    parser.encoder.tokens(got[0])
+                except MalformedRecord:
+                    continue
+                rows.append({name: got[0][i] for i, name in index})
+                if len(rows) >= n:
+                    return rows, f"input file {path}"
+    return rows, f"input files {paths}" if rows else "no parseable row in the input files"
+
+
+def raw_rows_from_vocab(schema: DataSchema, data_dir: Path, n: int) -> list[dict]:
+    """n synthetic raw rows: row k takes each field's k-th most frequent token (cycling); a
+    numeric token becomes a raw number of its bucket, MISSING_TOKEN an empty string."""
+    from pipeline.serving import synthetic_numeric_raw
+
+    vocabs = {f.name: schema.read_vocab(data_dir, f.name) for f in schema.fields}
+    rows = []
+    for k in range(n):
+        row = {}
+        for f in schema.fields:
+            tokens = vocabs[f.name] or [MISSING_TOKEN]
+            token = tokens[k % len(tokens)]
+            if f.kind == "numeric":
+                row[f.name] = synthetic_numeric_raw(token)
+            else:
+                row[f.name] = "" if token == MISSING_TOKEN else token
+        rows.append(row)
+    return rows
+
+
+def write_warmup(path: Path, model_name: str, rows: list[dict], field_names) -> int:
+    """Writes one PredictionLog per row (batch 1) plus one with all rows (a batch)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from pipeline.serving import build_predict_request
+
+    batches = [[r] for r in rows] + ([rows] if len(rows) > 1 else [])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for batch in batches:
+            request = build_predict_request(model_name, batch, field_names)
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+    return len(batches)
+
+
+# ----------------------------------------------------------------------------- export
+
+def next_version(base: Path) -> int:
+    versions = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def load_keras_model(model_dir: Path):
+    import keras
+
+    import models.factory  # noqa: F401  (registers the custom layers)
+
+    try:
+        return keras.saving.load_model(model_dir / MODEL_FILE, compile=False)
+    except Exception as exc:  # corrupt archive, unknown class, ...
+        raise ExportError(f"cannot load {model_dir / MODEL_FILE}: {exc}") from exc
+
+
+def build_module(model, schema: DataSchema, data_dir: Path, extra_assets=()):
+    from pipeline.serving import huge_negative_tokens, make_serving_module
+
+    fields = []
+    for f in schema.fields:
+        has_tokens = f.vocab_size > 1
+        huge = huge_negative_tokens(schema.read_vocab(data_dir, f.name)) \
+            if f.kind == "numeric" and has_tokens else {}
+        fields.append((f.name, f.kind, str(data_dir / f.vocab_file) if has_tokens else None, huge))
+    return make_serving_module(model, fields, extra_assets)
+
+
+def export(model_dir: str | Path, export_dir: str | Path, name: str | None = None, *,
+           data_dir: str | Path | None = None, warmup_rows: int = DEFAULT_WARMUP_ROWS,
+           log=print) -> Path:
+    """Exports model_dir; returns the new version directory."""
+    import tensorflow as tf
+
+    model_dir = Path(model_dir)
+    spec, schema, data_dir = load_model_dir(model_dir, data_dir)
+    name = name or schema.dataset
+    if not name or "/" in name or name.startswith("."):
+        raise ExportError(f"--name must be a plain directory name, got {name!r}")
+    model = load_keras_model(model_dir)
+    module = build_module(model, schema, data_dir,
+                          extra_assets=[str(data_dir / SCHEMA_FILE), str(model_dir / SPEC_FILE)])
+
+    base = Path(export_dir) / name
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".tmp-{os.getpid()}-{time.time_ns()}"
+    try:
+        signatures = {
+            "serving_default": module.serving_default,
+            "serving_tf_example": module.serving_tf_example,
+            "transform": module.transform,
+        }
+        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        rows, source = raw_rows_from_inputs(schema, data_dir, warmup_rows)
+        if rows:
+            warmup_source = f"real rows from {source}"
+        else:
+            rows = raw_rows_from_vocab(schema, data_dir, warmup_rows)
+            warmup_source = f"synthesised from the vocabularies ({source})"
+        count = write_warmup(tmp / "assets.extra" / WARMUP_FILE, name, rows, schema.field_names)
+        info = {"model_dir": str(model_dir.resolve()), "data_dir": str(Path(data_dir).resolve()),
+                "dataset": schema.dataset, "schema_hash": schema.schema_hash,
+                "field_names": list(schema.field_names),
+                "field_kinds": [f.kind for f in schema.fields], "model_spec": spec,
+                "warmup_requests": count, "warmup_source": warmup_source,
+                "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (tmp / "assets.extra" / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n",
+                                                        encoding="utf-8")
+        while True:  # another exporter may take a version between listing and renaming
+            version_dir = base / str(next_version(base))
+            try:
+                os.rename(tmp, version_dir)  # fails if version_dir exists and is non-empty
+                break
+            except OSError:
+                if not version_dir.exists():
+                    raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"exported {model_dir} -> {version_dir} ({count} warm-up requests, {warmup_source})")
+    return version_dir
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_dir", required=True, help="a pipeline.retrain model_dir")
+    parser.add_argument("--export_dir", required=True, help="base dir of the served models")
+    parser.add_argument("--name", default=None, help="model name (default: the dataset name)")
+    parser.add_argument("--data_dir", default=None,
+                        help="preprocessing output (default: model_spec.json's data_dir)")
+    parser.add_argument("--warmup_rows", type=int, default=DEFAULT_WARMUP_ROWS)
+    args = parser.parse_args(argv)
+    if args.warmup_rows < 1:
+        parser.error(f"--warmup_rows must be >= 1, got {args.warmup_rows}")
+    try:
+        export(args.model_dir, args.export_dir, args.name, data_dir=args.data_dir,
+               warmup_rows=args.warmup_rows)
+    except (ExportError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
