@@ -1,0 +1,155 @@
+"""Throughput and memory of the preprocessing job against a bare Beam read of the same files.
+
+    python -m benchmarks.preprocess [--rows 1000000] [--shards 4] [--workdir DIR] [Beam options]
+
+Generates `rows` and `4 * rows` synthetic Criteo-format rows (preprocessing.synthetic) split over
+`--shards` files (the job reads each file sequentially, so parallelism comes from files), then
+runs, each in its own subprocess with the same runner options (default: DirectRunner,
+multi-process, 2 workers):
+- bare: ReadFromText(glob) | Count.Globally (no parsing, nothing written),
+- job:  python -m preprocessing.run --dataset criteo.
+Wall time includes start-up. Memory: the peak of the summed RSS of the subprocess tree (polled
+from /proc every 0.2 s) and the largest single-process max RSS (getrusage of the children).
+Last line: `overhead_ratio=<job time / bare time at 4x rows> rows_per_s=<job rows/s at 4x rows>
+mem_ratio_4x=<job peak tree RSS at 4x rows / at 1x rows>`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_BEAM = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+
+_BARE = """
+import sys, apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+pattern, out = sys.argv[1], sys.argv[2]
+with beam.Pipeline(options=PipelineOptions(sys.argv[3:])) as p:
+    (p | beam.io.ReadFromText(pattern) | beam.combiners.Count.Globally()
+       | beam.Map(lambda n: open(out, "w").write(str(n))))
+"""
+
+
+def write_rows(directory: str, rows: int, shards: int, seed: int = 1) -> str:
+    """Synthetic Criteo rows over `shards` files; returns their glob."""
+    from preprocessing import synthetic
+
+    os.makedirs(directory, exist_ok=True)
+    files = [open(os.path.join(directory, f"part-{i:03d}.txt"), "w") for i in range(shards)]
+    try:
+        for i, chunk in enumerate(synthetic.iter_chunks(rows, seed)):
+            files[i % shards].write(chunk)
+    finally:
+        for f in files:
+            f.close()
+    return os.path.join(directory, "part-*.txt")
+
+
+def _tree_rss_kb(root: int) -> int:
+    """Summed VmRSS of `root` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as fh:
+                status = fh.read()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid, ppid = int(name), int(fields.get("PPid", "0").strip())
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0])
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+def measure(cmd: list[str]) -> dict:
+    """Runs `cmd`; wall seconds, peak tree RSS (MB), largest process max RSS (MB)."""
+    wrapper = ("import resource, subprocess, sys, json; r = subprocess.run(sys.argv[1:]); "
+               "print(json.dumps({'rc': r.returncode, 'maxrss_kb': "
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", wrapper, *cmd], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss_kb(proc.pid))
+        time.sleep(0.2)
+    wall = time.perf_counter() - start
+    out, err = proc.communicate()
+    last = json.loads(out.strip().splitlines()[-1])
+    if last["rc"] != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {last['rc']}):\n{err[-3000:]}")
+    return {"seconds": wall, "peak_tree_mb": peak / 1024, "max_process_mb": last["maxrss_kb"] / 1024}
+
+
+def bench(pattern: str, rows: int, workdir: str, beam_args: list[str]) -> dict:
+    count_file = os.path.join(workdir, f"count-{rows}.txt")
+    bare = measure([sys.executable, "-c", _BARE, pattern, count_file, *beam_args])
+    counted = int(open(count_file).read())
+    if counted != rows:
+        raise RuntimeError(f"bare read counted {counted} rows, expected {rows}")
+    out = os.path.join(workdir, f"out-{rows}")
+    job = measure([sys.executable, "-m", "preprocessing.run", "--dataset", "criteo",
+                   "--input", pattern, "--output", out, "--overwrite", *beam_args])
+    stats = json.load(open(os.path.join(out, "stats.json")))
+    if stats["rows_written_total"] + stats["rows_deadlettered"] != rows:
+        raise RuntimeError(f"job accounted for {stats['rows_read']} rows, expected {rows}")
+    shutil.rmtree(out)
+    return {"bare": bare, "job": job}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--shards", type=int, default=4, help="input files per dataset")
+    parser.add_argument("--workdir", default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--data-root", default=None,
+                        help="unused by the synthetic benchmark; accepted for symmetry with the "
+                             "other benchmarks")
+    args, beam_args = parser.parse_known_args(argv)
+    beam_args = beam_args or DEFAULT_BEAM
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-preprocess-")
+    results = {}
+    try:
+        for rows in (args.rows, 4 * args.rows):
+            t0 = time.perf_counter()
+            pattern = write_rows(os.path.join(workdir, f"data-{rows}"), rows, args.shards)
+            print(f"generated {rows:,} rows in {args.shards} files "
+                  f"({time.perf_counter() - t0:.1f} s)", flush=True)
+            res = results[rows] = bench(pattern, rows, workdir, beam_args)
+            for name in ("bare", "job"):
+                r = res[name]
+                print(f"  {name:<4} {rows:>10,} rows  {r['seconds']:7.1f} s  "
+                      f"{rows / r['seconds']:10,.0f} rows/s  peak tree RSS "
+                      f"{r['peak_tree_mb']:7.0f} MB  largest process {r['max_process_mb']:6.0f} MB",
+                      flush=True)
+            shutil.rmtree(os.path.join(workdir, f"data-{rows}"))
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    small, big = results[args.rows], results[4 * args.rows]
+    overhead = big["job"]["seconds"] / big["bare"]["seconds"]
+    rate = 4 * args.rows / big["job"]["seconds"]
+    mem_ratio = big["job"]["peak_tree_mb"] / small["job"]["peak_tree_mb"]
+    print(f"runner args: {' '.join(beam_args)}")
+    print(f"overhead_ratio={overhead:.2f} rows_per_s={rate:.0f} mem_ratio_4x={mem_ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
