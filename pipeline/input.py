@@ -9,17 +9,27 @@ the field's name and a float `label`, as written by `preprocessing`) and yields 
 - `labels`: float32 [batch].
 
 Pipeline: shard files (sorted names) -> shuffle file order (seeded) -> interleave GZIP readers
-(parallel) -> shuffle records -> repeat -> batch serialized records -> `tf.io.parse_example` on the
-whole batch (parallel map) -> stack into one [B, M] tensor and cast once -> prefetch.
+(parallel), each yielding chunks of `CHUNK_RECORDS` serialized records -> shuffle chunks (a buffer
+of ~`shuffle_buffer` records) -> regroup into windows of `SHUFFLE_WINDOW` records, permuted ->
+repeat -> rebatch to the batch size -> `tf.io.parse_example` on the whole batch (parallel map) ->
+stack into one [B, M] tensor and cast once -> prefetch. Carrying chunks rather than single records
+through tf.data is what makes the reader fast (per-element overhead is paid once per chunk); the
+shuffle is two-level (chunks over a large buffer, then records within a window), so records that
+were neighbours in a shard share a batch more often than under a record-level shuffle (a window
+mixes SHUFFLE_WINDOW / CHUNK_RECORDS = 64 chunks).
 
 Sharding for `strategy.distribute_datasets_from_function`: with an `InputContext` the batch size
 given is the global one and each pipeline batches `input_context.get_per_replica_batch_size`.
 Pipelines take whole files (file i goes to pipeline i mod n) when there are at least as many files
-as pipelines, else every pipeline reads all files in a fixed order and keeps every n-th record.
+as pipelines, else every pipeline reads all files in a fixed order and keeps every n-th chunk.
 Either way each record goes to exactly one pipeline.
 
 Determinism: with a seed, file order, interleaving and the shuffle are deterministic; without one
 (and shuffling) the interleave may return records in arrival order for speed.
+
+Cost (measured on 200k Criteo-shaped records, batch 2000): ~8-10 us of CPU per example, of which
+GZIP inflation is ~2.5 us and `parse_example` of 39 separate int64 features ~3.7 us; the record
+format, not the pipeline, is the floor (a single packed int64 list feature parses in ~0.8 us).
 """
 from __future__ import annotations
 
@@ -36,6 +46,8 @@ RECORD_PATTERN = "part-*.tfrecord.gz"
 DEFAULT_SHUFFLE_BUFFER = 100_000
 READ_BUFFER_BYTES = 1 << 20
 MAX_CYCLE_LENGTH = 16
+CHUNK_RECORDS = 128   # records per tf.data element until batching
+SHUFFLE_WINDOW = 8192  # records permuted together after the chunk shuffle
 INT32_LIMIT = 2**31
 
 
@@ -141,28 +153,35 @@ def make_dataset(data_dir: str, schema: DataSchema, split: str, batch_size: int,
         num_pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     shard_files = num_pipelines > 1 and len(files) >= num_pipelines
-    shard_records = num_pipelines > 1 and not shard_files
+    shard_chunks = num_pipelines > 1 and not shard_files
     if shard_files:
         files = files[pipeline_id::num_pipelines]
-    # record-level sharding needs the same record order in every pipeline
-    deterministic = seed is not None or not shuffle or shard_records
+    # chunk-level sharding needs the same chunk order in every pipeline
+    deterministic = seed is not None or not shuffle or shard_chunks
     cycle = num_parallel_reads or min(len(files), MAX_CYCLE_LENGTH)
 
     ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle and not shard_records and len(files) > 1:
+    if shuffle and not shard_chunks and len(files) > 1:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    # Elements are chunks of CHUNK_RECORDS consecutive serialized records of one file: the
+    # per-element cost of tf.data is paid per chunk, not per record.
     ds = ds.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP",
-                                          buffer_size=READ_BUFFER_BYTES),
+                                          buffer_size=READ_BUFFER_BYTES).batch(CHUNK_RECORDS),
         cycle_length=cycle, block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic)
-    if shard_records:
+    if shard_chunks:
         ds = ds.shard(num_pipelines, pipeline_id)
     if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        # shuffle chunks (a buffer of ~shuffle_buffer records), then records within windows
+        ds = ds.shuffle(-(-shuffle_buffer // CHUNK_RECORDS), seed=seed,
+                        reshuffle_each_iteration=True)
+        window_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip((window_seeds, ds.rebatch(max(batch_size, SHUFFLE_WINDOW))))
+        ds = ds.map(_permute_window)
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.rebatch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(make_parse_fn(schema), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=deterministic)
     ds = ds.prefetch(tf.data.AUTOTUNE)
@@ -170,10 +189,16 @@ def make_dataset(data_dir: str, schema: DataSchema, split: str, batch_size: int,
     options = tf.data.Options()
     options.deterministic = deterministic
     options.experimental_optimization.map_parallelization = True
-    options.experimental_optimization.parallel_batch = True
     if input_context is not None:  # sharded here already
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return ds.with_options(options)
+
+
+def _permute_window(window_seed: tf.Tensor, records: tf.Tensor) -> tf.Tensor:
+    """A window of serialized records, permuted. The seeds come from a seeded random stream that
+    differs per epoch, so the permutation is reproducible yet new every epoch."""
+    return tf.random.experimental.stateless_shuffle(
+        records, seed=tf.stack([window_seed, tf.constant(0, tf.int64)]))
 
 
 def validation_stream(data_dir: str, schema: DataSchema, batch_size: int, *, seed: int | None,
