@@ -200,15 +200,18 @@ def load_keras_model(model_dir: Path):
 
 
 def build_module(model, schema: DataSchema, data_dir: Path, extra_assets=()):
-    from pipeline.serving import huge_negative_tokens, make_serving_module
+    from pipeline.serving import huge_negative_tokens, make_serving_module, max_log_bucket
 
-    fields = []
+    fields, max_bucket = [], 0
     for f in schema.fields:
         has_tokens = f.vocab_size > 1
-        huge = huge_negative_tokens(schema.read_vocab(data_dir, f.name)) \
-            if f.kind == "numeric" and has_tokens else {}
+        huge = {}
+        if f.kind == "numeric" and has_tokens:
+            tokens = schema.read_vocab(data_dir, f.name)
+            huge = huge_negative_tokens(tokens)
+            max_bucket = max(max_bucket, max_log_bucket(tokens))
         fields.append((f.name, f.kind, str(data_dir / f.vocab_file) if has_tokens else None, huge))
-    return make_serving_module(model, fields, extra_assets)
+    return make_serving_module(model, fields, extra_assets, max_bucket)
 
 
 def export(model_dir: str | Path, export_dir: str | Path, name: str | None = None, *,

@@ -62,12 +62,15 @@ def distributed_stream(strategy, data_dir, schema, split: str, global_batch_size
         kwargs["shuffle_buffer"] = shuffle_buffer
 
     def dataset_fn(input_context: tf.distribute.InputContext):
-        per_replica = input_context.get_per_replica_batch_size(global_batch_size)
-        ds = input_lib.make_dataset(data_dir, schema, split, per_replica, shuffle=shuffle,
+        # make_dataset takes the global batch size and yields per-replica batches
+        ds = input_lib.make_dataset(data_dir, schema, split, global_batch_size, shuffle=shuffle,
                                     repeat=True, seed=seed, input_context=input_context,
                                     drop_remainder=True, **kwargs)
         if skip_batches:
-            ds = ds.skip(skip_batches)
+            # each global step takes one batch per replica fed by this pipeline
+            per_pipeline = max(1, input_context.num_replicas_in_sync
+                               // input_context.num_input_pipelines)
+            ds = ds.skip(skip_batches * per_pipeline)
         return ds
 
     return strategy.distribute_datasets_from_function(dataset_fn)
@@ -77,19 +80,30 @@ def distributed_eval(strategy, data_dir, schema, split: str, global_batch_size: 
     """One pass over `split` in file order, every record exactly once."""
 
     def dataset_fn(input_context: tf.distribute.InputContext):
-        per_replica = input_context.get_per_replica_batch_size(global_batch_size)
-        return input_lib.make_dataset(data_dir, schema, split, per_replica, shuffle=False,
+        return input_lib.make_dataset(data_dir, schema, split, global_batch_size, shuffle=False,
                                       repeat=False, seed=None, input_context=input_context,
                                       drop_remainder=False)
 
     return strategy.distribute_datasets_from_function(dataset_fn)
 
 
+def rng_states(model) -> tf.train.Checkpoint:
+    """The model's random-generator states (Gumbel noise, dropout): Keras lists them in
+    `model.variables` but not in `model.weights`, so a checkpoint of the model alone would
+    restart the noise sequence on resume."""
+    weight_ids = {id(w) for w in model.weights}
+    states = [v for v in model.variables if id(v) not in weight_ids]
+    return tf.train.Checkpoint(**{f"state_{i}": getattr(v, "value", v) for i, v in enumerate(states)})
+
+
 class Checkpointer:
-    """tf.train.CheckpointManager over the step, model and optimizers, with strict restores."""
+    """tf.train.CheckpointManager over the step, model, its RNG states and optimizers, with strict
+    restores: resuming continues exactly where the run stopped."""
 
     def __init__(self, directory: str | Path, max_to_keep: int, **objects):
         self.directory = str(directory)
+        if "model" in objects:
+            objects["rng"] = rng_states(objects["model"])
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory,
                                                   max_to_keep=max_to_keep)

@@ -146,6 +146,7 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
         return (now // every + 1) * every
 
     last_time = time.monotonic()
+    final = {}
     while step < total:
         in_pretrain = step < pretrain
         limit = min(total, pretrain if in_pretrain else total, boundary(step, s.checkpoint_every),
@@ -177,6 +178,8 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
             summaries.write_scalars(writers["valid"], step, {"loss": val_m["loss"],
                                                              "auc": val_m["auc"]})
             log_alpha(step)
+            final = {"step": step, "train_loss": train_m["loss"], "train_auc": train_m["auc"],
+                     "valid_loss": val_m["loss"], "valid_auc": val_m["auc"]}
             progress.log(f"step {step}: train loss {train_m['loss']:.4f} auc {train_m['auc']:.4f}"
                          f" | valid loss {val_m['loss']:.4f} auc {val_m['auc']:.4f}"
                          f" | tau {float(emb.temperature.numpy()):.3f}")
@@ -189,7 +192,11 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
     log_alpha(step)
     for w in writers.values():
         w.flush()
+    if not final:  # resumed after the last step: evaluate once for the record
+        val_m = runner.evaluate(eval_ds)
+        final = {"step": step, "valid_loss": val_m["loss"], "valid_auc": val_m["auc"]}
     result = dims_record(schema, cfg, probs, chosen, sched, step)
+    result["final_metrics"] = final
     runtime.atomic_write_json(model_dir / DIMS_FILE, result)
     progress.log(format_dims(result))
     return result

@@ -45,6 +45,8 @@ NUMBER_RE = rf"[+-]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][+-]?{_
 # Sentinel token of a value whose token cannot be in any vocabulary (looked up -> OOV id 0).
 UNSEEN_TOKEN = "\x00unseen"
 INT64_MIN_FLOAT = -(2.0 ** 63)
+# Log buckets below this are always compared exactly (see log_bucket_thresholds).
+MIN_EXACT_BUCKETS = 512
 
 
 class RequestError(ValueError):
@@ -83,11 +85,40 @@ def huge_negative_tokens(tokens: Iterable[str]) -> dict[int, str]:
     return out
 
 
-def tf_numeric_token(raw, huge_table=None):
+def _log_bucket(value: float) -> int:
+    return int(math.floor(math.log(value) ** 2))  # exactly as configs.features.numeric_token
+
+
+def log_bucket_thresholds(max_bucket: int) -> list[float]:
+    """t[k-1] = the smallest float v > 2 whose Python log bucket floor(ln(v)^2) is >= k, for
+    k = 1..max_bucket. TF's log may differ from the C library's by an ulp, which moves values
+    next to a bucket boundary into the neighbouring bucket; comparing against these thresholds
+    instead makes the graph agree with Python exactly."""
+    out = []
+    for k in range(1, max_bucket + 1):
+        v = max(math.exp(math.sqrt(k)), math.nextafter(2.0, math.inf))
+        while _log_bucket(v) >= k and v > 2.0:
+            v = math.nextafter(v, 0.0)
+        while _log_bucket(v) < k:
+            v = math.nextafter(v, math.inf)
+        out.append(v)
+    return out
+
+
+def max_log_bucket(tokens: Iterable[str]) -> int:
+    """The largest k of the "L<k>" tokens (0 if none)."""
+    return max((int(t[1:]) for t in tokens if t[:1] == "L" and t[1:].isdigit()), default=0)
+
+
+def tf_numeric_token(raw, huge_table=None, thresholds=None):
     """Graph version of configs.features.numeric_token (log bucketing) on a string tensor.
 
     Never fails: text that is not a finite number gives MISSING_TOKEN. `huge_table` maps the
-    int64 bit pattern of floor(v) for v < -2**63 to its token (see `huge_negative_tokens`)."""
+    int64 bit pattern of floor(v) for v < -2**63 to its token (see `huge_negative_tokens`).
+    `thresholds` (`log_bucket_thresholds(K)`) makes the buckets below K exact; at or above K the
+    bucket is computed with TF's log and clamped to >= K (give K > every vocabulary bucket so the
+    id is exact: those tokens are all out of vocabulary). Without thresholds a value within an
+    ulp of a bucket boundary may land in the neighbouring bucket."""
     import tensorflow as tf
 
     text = tf_strip(raw)
@@ -98,7 +129,14 @@ def tf_numeric_token(raw, huge_table=None):
     value = tf.where(ok, value, tf.zeros_like(value))
     big = value > 2.0
     log_sq = tf.square(tf.math.log(tf.where(big, value, tf.fill(tf.shape(value), tf.constant(3.0, tf.float64)))))
-    log_token = tf.strings.join(["L", tf.strings.as_string(tf.cast(tf.floor(log_sq), tf.int64))])
+    bucket = tf.cast(tf.floor(log_sq), tf.int64)
+    if thresholds is not None:
+        limit = tf.cast(tf.shape(thresholds)[0], tf.int64)
+        exact = tf.cast(tf.reshape(tf.searchsorted(
+            tf.reshape(thresholds, [1, -1]), tf.reshape(value, [1, -1]), side="right",
+            out_type=tf.int64), [-1]), tf.int64)
+        bucket = tf.where(exact < limit, exact, tf.maximum(bucket, limit))
+    log_token = tf.strings.join(["L", tf.strings.as_string(bucket)])
     fits = value >= INT64_MIN_FLOAT
     small = tf.floor(tf.where(fits, value, tf.zeros_like(value)))
     small_token = tf.strings.as_string(tf.cast(small, tf.int64))
@@ -121,11 +159,16 @@ def _module_class():
         `fields`: [(name, kind, vocab_file or None, huge-negative tokens dict)] in model order;
         `extra_assets`: more files to ship in assets/ (schema.json, model_spec.json)."""
 
-        def __init__(self, model, fields, extra_assets: Sequence[str] = ()):
+        def __init__(self, model, fields, extra_assets: Sequence[str] = (),
+                     max_bucket: int = MIN_EXACT_BUCKETS):
             super().__init__(name="autodim_serving")
-            # The variables are tracked explicitly (as keras' ExportArchive does); the Keras
-            # model object itself is kept out of the SavedModel's object graph.
-            self.model_variables = list(model.variables)
+            self._thresholds = tf.constant(log_bucket_thresholds(max_bucket), tf.float64)
+            # The underlying tf.Variables are tracked explicitly; the Keras model object is kept
+            # out of the SavedModel's object graph. Tracking the keras.Variable wrappers instead
+            # breaks TF1-style loading (TF Serving, saved_model_cli run): their export makes a
+            # second tf.Variable, which the checkpoint restores, while the signatures read the
+            # original one ("Resource .../embedding/embeddings does not exist").
+            self.model_variables = [getattr(v, "value", v) for v in model.variables]
             self._call_model = lambda ids: model(ids, training=False)
             self.field_names = [f[0] for f in fields]
             self._kinds = [f[1] for f in fields]
@@ -171,7 +214,7 @@ def _module_class():
                 for i, name in enumerate(self.field_names):
                     raw = tf.identity(fields[name])
                     if self._kinds[i] == "numeric":
-                        token = tf_numeric_token(raw, self.huge_tables[i])
+                        token = tf_numeric_token(raw, self.huge_tables[i], self._thresholds)
                     else:
                         token = tf_categorical_token(raw)
                     table = self.tables[i]
@@ -208,13 +251,15 @@ def _module_class():
                 fields[name] = values.to_tensor(default_value="", shape=[None, 1])[:, 0]
             with tf.control_dependencies(checks):
                 fields = {k: tf.identity(v) for k, v in fields.items()}
-            return self._predict(fields)
+            return self.serving_default(fields)  # one function body in the graph, not two
 
     return ServingModule
 
 
-def make_serving_module(model, fields, extra_assets: Sequence[str] = ()):
-    return _module_class()(model, fields, extra_assets)
+def make_serving_module(model, fields, extra_assets: Sequence[str] = (), max_bucket: int = 0):
+    """`max_bucket`: the largest "L<k>" bucket in the numeric vocabularies; thresholds are built
+    up to max(max_bucket + 1, MIN_EXACT_BUCKETS)."""
+    return _module_class()(model, fields, extra_assets, max(max_bucket + 1, MIN_EXACT_BUCKETS))
 
 
 # ----------------------------------------------------------------------------- client side
@@ -323,12 +368,19 @@ def rest_payload(rows: Sequence[Mapping[str, Any]], field_names: Sequence[str],
 
 
 def parse_predict_response(response) -> dict[str, list[float]]:
-    """A PredictResponse -> {"probability": [...], "logit": [...]} (float32 outputs)."""
+    """A PredictResponse -> {"probability": [...], "logit": [...]} (float32 outputs, either in
+    `float_val` as TF Serving writes them or packed in `tensor_content`)."""
+    import numpy as np
+
     out = {}
     for key in (PROBABILITY, LOGIT):
         if key not in response.outputs:
             raise RequestError(f"response has no output {key!r} (outputs: {sorted(response.outputs)})")
-        out[key] = [float(v) for v in response.outputs[key].float_val]
+        tensor = response.outputs[key]
+        if tensor.tensor_content:
+            out[key] = np.frombuffer(tensor.tensor_content, dtype="<f4").astype(float).tolist()
+        else:
+            out[key] = [float(v) for v in tensor.float_val]
     return out
 
 

@@ -79,10 +79,9 @@ class StepRunner:
         self.arch_regularizer = arch_regularizer
         with strategy.scope():
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-            self.train_loss = keras.metrics.Mean(name="train_loss")
-            self.train_auc = keras.metrics.AUC(num_thresholds=1000, name="train_auc")
-            self.eval_loss = keras.metrics.Mean(name="eval_loss")
-            self.eval_auc = keras.metrics.AUC(num_thresholds=1000, name="eval_auc")
+            # coarse bins for the training stream (monitoring only, on the hot path)
+            self.train_stats = StreamingStats("train", bins=1000)
+            self.eval_stats = StreamingStats("eval", bins=10_000)
         self.train = tf.function(self._train)
         self.search = tf.function(self._search)
         self.joint = tf.function(self._joint)
@@ -114,9 +113,7 @@ class StepRunner:
         self.opt.embedding.apply_gradients(zip(grads[n_d:n_d + n_e], emb))
         if with_arch:
             self.opt.arch.apply_gradients(zip(grads[n_d + n_e:], arch))
-        self.train_loss.update_state(per_ex)
-        self.train_auc.update_state(labels, tf.sigmoid(logits))
-        return loss
+        return loss, self.train_stats.batch(labels, logits, per_ex)
 
     def _arch_step(self, ids, labels):
         arch = self.model.arch_variables
@@ -129,8 +126,7 @@ class StepRunner:
 
     def _eval_step(self, ids, labels):
         logits = self.model(ids, training=False)
-        self.eval_loss.update_state(per_example_loss(labels, logits))
-        self.eval_auc.update_state(labels, tf.sigmoid(logits))
+        return self.eval_stats.batch(labels, logits, per_example_loss(labels, logits))
 
     # ------------------------------------------------------------------ compiled calls
     def _set_temperature(self):
@@ -140,8 +136,9 @@ class StepRunner:
     def _one_weight_step(self, iterator, with_arch=False):
         self._set_temperature()
         ids, labels = next(iterator)
-        loss = self.strategy.run(self._weight_step, args=(ids, labels, with_arch))
+        loss, stats = self.strategy.run(self._weight_step, args=(ids, labels, with_arch))
         self.step.assign_add(1)
+        self.train_stats.add(self.strategy, stats)
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
 
     def _train(self, iterator, n):
@@ -168,20 +165,74 @@ class StepRunner:
 
     def _evaluate(self, dataset):
         for ids, labels in dataset:
-            self.strategy.run(self._eval_step, args=(ids, labels))
+            stats = self.strategy.run(self._eval_step, args=(ids, labels))
+            self.eval_stats.add(self.strategy, stats)
 
     def evaluate(self, dataset) -> dict:
-        self.eval_loss.reset_state()
-        self.eval_auc.reset_state()
+        self.eval_stats.reset()
         self.evaluate_fn(dataset)
-        return {"loss": float(self.eval_loss.result()), "auc": float(self.eval_auc.result())}
+        return self.eval_stats.result()
 
     def read_train_metrics(self, reset: bool = True) -> dict:
-        out = {"loss": float(self.train_loss.result()), "auc": float(self.train_auc.result())}
+        out = self.train_stats.result()
         if reset:
-            self.train_loss.reset_state()
-            self.train_auc.reset_state()
+            self.train_stats.reset()
         return out
+
+
+class StreamingStats:
+    """Loss and AUC accumulated across replicas and steps without Keras metrics' replica-context
+    writes: each replica returns its batch's loss sum, count and score histograms per label; they
+    are summed across replicas (strategy.reduce) and added to plain variables in cross-replica
+    context. AUC comes from the histograms (`bins` equal-width score bins; pairs within one bin
+    count one half), within ~1/bins of the exact value and independent of the replica count."""
+
+    def __init__(self, name: str, bins: int):
+        self.BINS = int(bins)
+        self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name=f"{name}_loss_sum")
+        self.count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name=f"{name}_count")
+        self.pos = tf.Variable(tf.zeros([self.BINS], tf.float64), trainable=False, name=f"{name}_pos")
+        self.neg = tf.Variable(tf.zeros([self.BINS], tf.float64), trainable=False, name=f"{name}_neg")
+
+    def batch(self, labels, logits, per_example):
+        """Per-replica sufficient statistics of one batch."""
+        cls = self
+        probs = tf.sigmoid(logits)
+        bins = tf.clip_by_value(tf.cast(probs * cls.BINS, tf.int32), 0, cls.BINS - 1)
+        is_pos = labels > 0.5
+        pos = tf.math.bincount(tf.boolean_mask(bins, is_pos), minlength=cls.BINS,
+                               maxlength=cls.BINS, dtype=tf.float64)
+        neg = tf.math.bincount(tf.boolean_mask(bins, ~is_pos), minlength=cls.BINS,
+                               maxlength=cls.BINS, dtype=tf.float64)
+        return (tf.reduce_sum(tf.cast(per_example, tf.float64)),
+                tf.cast(tf.size(labels), tf.float64), pos, neg)
+
+    def add(self, strategy, stats) -> None:
+        loss_sum, count, pos, neg = (strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None)
+                                     for t in stats)
+        self.loss_sum.assign_add(loss_sum)
+        self.count.assign_add(count)
+        self.pos.assign_add(pos)
+        self.neg.assign_add(neg)
+
+    def reset(self) -> None:
+        for v in (self.loss_sum, self.count, self.pos, self.neg):
+            v.assign(tf.zeros_like(v))
+
+    def result(self) -> dict:
+        count = float(self.count.numpy())
+        pos, neg = self.pos.numpy(), self.neg.numpy()
+        return {"loss": float(self.loss_sum.numpy()) / count if count else float("nan"),
+                "auc": histogram_auc(pos, neg)}
+
+
+def histogram_auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score_pos > score_neg) + P(tie)/2 over score-bin histograms."""
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    neg_below = np.cumsum(neg) - neg
+    return float((pos * (neg_below + 0.5 * neg)).sum() / (n_pos * n_neg))
 
 
 def check_finite(total_loss, step: int, manager_dir: str) -> float:
