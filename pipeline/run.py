@@ -1,0 +1,164 @@
+"""`python -m pipeline.run`: preprocess, search, retrain and evaluate in one command.
+
+    python -m pipeline.run --dataset criteo --input 'logs/*.txt' --workdir runs/criteo \
+        [--config FILE] [--preset NAME] [--set key=value ...] [--fde_dim 32] [--no_export]
+    python -m pipeline.run --demo [--rows 100000] --workdir runs/demo
+
+Stages (each skipped when its output is already complete, so a rerun resumes):
+  WORKDIR/data            the Beam job's output (unless data/schema.json exists)
+  WORKDIR/search          the dimension search -> dims.json
+  WORKDIR/retrain_autodim the searched dimensions retrained -> metrics.json
+  WORKDIR/retrain_fde<D>  the FDE baseline (every field at D) -> metrics.json
+  WORKDIR/exports         the AutoDim model as a TF Serving SavedModel
+  WORKDIR/summary.json    AutoDim against FDE (and the planted truth, for --demo)
+`--demo` first writes the built-in synthetic dataset (Criteo format, planted structure) to
+WORKDIR/raw/.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from configs.experiment import preset_for_dataset, resolve
+from configs.features import SCHEMA_FILE, DataSchema
+from configs.loader import ConfigError
+from pipeline.errors import NonFiniteLossError
+
+DEMO_ROWS = 100_000
+
+
+def run(args) -> dict:
+    from pipeline.retrain import retrain
+    from pipeline.runtime import atomic_write_json
+    from pipeline.search import format_dims, run_search
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    truth = None
+    if args.demo:
+        from preprocessing import synthetic
+
+        raw = work / "raw" / "synthetic.tsv"
+        truth_path = Path(str(raw) + ".truth.json")
+        if not truth_path.exists():
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            print(f"[1/5] writing {args.rows:,} synthetic rows with planted structure to {raw}")
+            synthetic.generate(str(raw), args.rows, args.seed)
+        import json
+        truth = json.loads(truth_path.read_text(encoding="utf-8"))
+        dataset, input_glob = "criteo", str(raw)
+    else:
+        if not args.dataset or not args.input:
+            raise ConfigError("--dataset and --input are required (or --demo)")
+        dataset, input_glob = args.dataset, args.input
+
+    data = work / "data"
+    if not (data / SCHEMA_FILE).exists():
+        from preprocessing import run as preprocess
+
+        print(f"[2/5] preprocessing {input_glob} ({dataset}) -> {data}")
+        argv = ["--dataset", dataset, "--input", input_glob, "--output", str(data)]
+        if args.preprocess_config:
+            argv += ["--config", args.preprocess_config]
+        res = preprocess.run(argv + list(args.beam_args))
+        print(preprocess.summary(res))
+    schema = DataSchema.load(data)
+    preset = args.preset or ("synthetic" if args.demo else preset_for_dataset(schema.dataset))
+    cfg = resolve(preset, args.config, args.set)
+
+    print(f"[3/5] searching dimensions (preset {preset}) -> {work / 'search'}")
+    dims = run_search(str(data), str(work / "search"), cfg, quiet=args.quiet, preset=preset)
+    print(f"[4/5] retraining the searched dimensions and the FDE-{args.fde_dim} baseline")
+    auto = retrain(str(data), str(work / "search" / "dims.json"), str(work / "retrain_autodim"),
+                   cfg, quiet=args.quiet, preset=preset)
+    fde = retrain(str(data), f"fde:{args.fde_dim}", str(work / f"retrain_fde{args.fde_dim}"), cfg,
+                  quiet=args.quiet, preset=preset)
+    export_dir = None
+    if not args.no_export:
+        from pipeline.export import export
+
+        name = "demo" if args.demo else schema.dataset
+        base = work / "exports" / name
+        existing = sorted(p for p in base.glob("[0-9]*") if p.is_dir()) if base.exists() else []
+        if existing:
+            export_dir = existing[-1]
+        else:
+            print(f"[5/5] exporting the AutoDim model -> {work / 'exports'}")
+            export_dir = export(work / "retrain_autodim", work / "exports", name)
+
+    summary = {"dataset": schema.dataset, "preset": preset, "workdir": str(work),
+               "autodim": _brief(auto), "fde": _brief(fde),
+               "params_share_of_fde": auto["params"] / fde["params"] if fde["params"] else None,
+               "auc_delta": auto["test_auc"] - fde["test_auc"],
+               "dims": {n: dims["fields"][n]["dim"] for n in dims["field_order"]},
+               "export": str(export_dir) if export_dir else None}
+    if truth:
+        summary["truth"] = {f["name"]: {"informative": f["informative"],
+                                        "latent_dim": f["latent_dim"]} for f in truth["fields"]}
+    atomic_write_json(work / "summary.json", summary)
+    print(format_dims(dims))
+    print(report(summary, args.fde_dim))
+    return summary
+
+
+def _brief(m: dict) -> dict:
+    return {k: m[k] for k in ("test_auc", "test_logloss", "params", "best_valid_auc",
+                              "train_seconds", "dims_source")}
+
+
+def report(summary: dict, fde_dim: int) -> str:
+    a, f = summary["autodim"], summary["fde"]
+    lines = []
+    if "truth" in summary:
+        t = summary["truth"]
+        info = [n for n in summary["dims"] if t[n]["informative"]]
+        noise = [n for n in summary["dims"] if not t[n]["informative"]]
+        lines.append("chosen dimension vs planted truth (latent dim; 0 = noise field):")
+        lines.append("  informative: " + "  ".join(
+            f"{n}={summary['dims'][n]}({t[n]['latent_dim']})" for n in info))
+        avg_i = sum(summary["dims"][n] for n in info) / max(len(info), 1)
+        avg_n = sum(summary["dims"][n] for n in noise) / max(len(noise), 1)
+        lines.append(f"  mean dim: informative fields {avg_i:.1f}, noise fields {avg_n:.1f}")
+    lines.append(f"{'model':<12} {'test AUC':>9} {'logloss':>9} {'emb params':>12}")
+    lines.append(f"{'AutoDim':<12} {a['test_auc']:>9.4f} {a['test_logloss']:>9.4f} {a['params']:>12,}")
+    lines.append(f"{'FDE-' + str(fde_dim):<12} {f['test_auc']:>9.4f} {f['test_logloss']:>9.4f} {f['params']:>12,}")
+    share = summary["params_share_of_fde"]
+    lines.append(f"AutoDim uses {100 * share:.1f}% of FDE-{fde_dim}'s embedding parameters, "
+                 f"AUC {summary['auc_delta']:+.4f}")
+    if summary.get("export"):
+        lines.append(f"SavedModel: {summary['export']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--demo", action="store_true", help="use the built-in synthetic dataset")
+    parser.add_argument("--rows", type=int, default=DEMO_ROWS, help="synthetic rows for --demo")
+    parser.add_argument("--seed", type=int, default=1, help="synthetic data seed for --demo")
+    parser.add_argument("--dataset")
+    parser.add_argument("--input")
+    parser.add_argument("--preprocess_config", help="YAML PreprocessConfig for the Beam job")
+    parser.add_argument("--config", help="YAML overrides of the experiment preset")
+    parser.add_argument("--preset")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--fde_dim", type=int, default=32)
+    parser.add_argument("--no_export", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    args, beam_args = parser.parse_known_args(argv)
+    args.beam_args = beam_args
+    from preprocessing.job import InputError
+    from preprocessing.run import JobFailed
+
+    try:
+        run(args)
+    except (ConfigError, NonFiniteLossError, FileNotFoundError, InputError, JobFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
