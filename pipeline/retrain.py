@@ -34,7 +34,7 @@ PREDICTIONS_FILE = "test_predictions.npz"
 
 def retrain(data_dir: str, dims_source: str, model_dir: str, cfg: ExperimentConfig, *,
             trials: int = 1, quiet: bool = False, preset: str | None = None, strategy=None,
-            logical_cpus: int = 0) -> dict:
+            logical_cpus: int = 0, trial_index: int = 0) -> dict:
     """Retrains (or resumes) and returns metrics.json's contents; with trials > 1 (random dims)
     trains each draw in model_dir/trials/K and keeps the best on validation AUC."""
     schema = DataSchema.load(data_dir)
@@ -46,7 +46,7 @@ def retrain(data_dir: str, dims_source: str, model_dir: str, cfg: ExperimentConf
         from pipeline.strategy import make_strategy
         strategy = make_strategy(logical_cpus)
     if trials == 1:
-        dims = load_dims(dims_source, schema, cfg.model.candidate_dims)
+        dims = load_dims(dims_source, schema, cfg.model.candidate_dims, trial=trial_index)
         return _retrain_one(data_dir, schema, dims, Path(model_dir), cfg, quiet=quiet,
                             preset=preset, strategy=strategy)
     results = []
@@ -116,7 +116,7 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     ckpt = runtime.Checkpointer(model_dir / "ckpt", r.keep_checkpoints, model=model,
                                 step=runner.step, best_auc=best_auc, bad_evals=bad_evals,
                                 **opts.trackables())
-    best_ckpt = tf.train.Checkpoint(model=model)
+    best_ckpt = tf.train.Checkpoint(model=runtime.model_state(model))
     best_prefix = str(model_dir / "best" / "weights")
     resumed = ckpt.restore_latest()
     step = int(runner.step.numpy())

@@ -13,3 +13,15 @@ def planted(tmp_path_factory):
 
     data_dir, truth = planted_dataset(tmp_path_factory.mktemp("planted"), rows=100_000, seed=1)
     return data_dir, truth
+
+
+@pytest.fixture(scope="session")
+def planted_search(planted, tmp_path_factory):
+    """The synthetic preset's search on the planted data, run once: (data_dir, search_dir, dims)."""
+    from configs import experiment
+    from pipeline.search import run_search
+
+    data_dir, _ = planted
+    search_dir = tmp_path_factory.mktemp("planted_search") / "search"
+    dims = run_search(str(data_dir), str(search_dir), experiment.resolve("synthetic"), quiet=True)
+    return data_dir, search_dir, dims

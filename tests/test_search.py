@@ -37,12 +37,10 @@ SMALL = ["--preset", "default", "--quiet", "--set", "search.batch_size=200",
          "--set", "search.checkpoint_every=10"]
 
 
-def test_search_finds_the_planted_fields(planted, tmp_path):
-    from pipeline.search import run_search
-
-    data_dir, truth = planted
+def test_search_finds_the_planted_fields(planted, planted_search):
+    _, truth = planted
+    data_dir, search_dir, result = planted_search
     cfg = experiment.resolve("synthetic")
-    result = run_search(str(data_dir), str(tmp_path / "search"), cfg, quiet=True)
     names = result["field_order"]
     chosen = np.array([result["fields"][n]["dim"] for n in names], float)
     info = {f["name"]: f for f in truth["fields"]}
@@ -52,7 +50,7 @@ def test_search_finds_the_planted_fields(planted, tmp_path):
     assert rho >= 0.4, (rho, dict(zip(names, chosen)))
     assert chosen[informative].mean() >= 2 * chosen[~informative].mean()
     # the record is self-consistent
-    on_disk = read_json(tmp_path / "search" / "dims.json")
+    on_disk = read_json(search_dir / "dims.json")
     assert on_disk["fields"] == result["fields"]
     for n in names:
         f = result["fields"][n]
@@ -60,8 +58,8 @@ def test_search_finds_the_planted_fields(planted, tmp_path):
         assert abs(sum(f["probabilities"]) - 1) < 1e-4
         assert f["dim"] == cfg.model.candidate_dims[int(np.argmax(f["probabilities"]))]
     assert result["embedding_params"] < result["full_embedding_params"]
-    assert (tmp_path / "search" / "config.json").exists()
-    events = list((tmp_path / "search" / "train").glob("events.out.tfevents.*"))
+    assert (search_dir / "config.json").exists()
+    events = list((search_dir / "train").glob("events.out.tfevents.*"))
     assert events, "no TensorBoard events written"
 
 

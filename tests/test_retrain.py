@@ -1,0 +1,160 @@
+"""Retraining: AutoDim vs random dims on planted data, FDE, metrics, resume, refusals."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from configs import experiment
+from configs.loader import ConfigError
+from tests.fixtures import random_split_data, read_json, write_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB = [50, 30, 200, 20, 10, 100]
+FAST = ["retrain.batch_size=200", "retrain.max_epochs=3", "retrain.checkpoint_every=10",
+        "retrain.steps_per_call=5"]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("small")
+    ids, labels = random_split_data(4000, VOCAB, seed=5)
+    write_dataset(d, ids, labels, VOCAB)
+    return d
+
+
+def _auc(labels, scores):
+    """Brute-force pairwise AUC (ties count one half): the hand evaluation."""
+    pos, neg = scores[labels > 0.5], scores[labels <= 0.5]
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return (greater + 0.5 * ties) / (len(pos) * len(neg))
+
+
+def test_fde_gives_exactly_d_and_metrics_match_the_saved_predictions(small_data, tmp_path):
+    import keras
+    import tensorflow as tf
+
+    import models.factory  # noqa: F401  (registers the serializable classes)
+    from configs.features import DataSchema
+    from pipeline import input as input_lib
+    from pipeline.retrain import retrain
+
+    cfg = experiment.resolve("default", None, FAST)
+    m = retrain(str(small_data), "fde:8", str(tmp_path / "fde8"), cfg, quiet=True)
+    assert set(m["dims"].values()) == {8}
+    assert m["params"] == 8 * sum(VOCAB)
+    saved = np.load(tmp_path / "fde8" / "test_predictions.npz")
+    y, p = saved["labels"], saved["probabilities"]
+    schema = DataSchema.load(small_data)
+    assert len(y) == schema.splits["test"]
+    assert m["test_auc"] == pytest.approx(_auc(y, p), abs=1e-9)
+    eps = 1e-7
+    pc = np.clip(p.astype(np.float64), eps, 1 - eps)
+    assert m["test_logloss"] == pytest.approx(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc)), rel=1e-9)
+    # the saved model reproduces the saved predictions
+    model = keras.saving.load_model(tmp_path / "fde8" / "model.keras")
+    ds = input_lib.make_dataset(str(small_data), schema, "test", 512, shuffle=False, repeat=False)
+    again = np.concatenate([tf.sigmoid(model(ids, training=False)).numpy() for ids, _ in ds])
+    np.testing.assert_allclose(again, p, atol=1e-5)
+    spec = read_json(tmp_path / "fde8" / "model_spec.json")
+    assert spec["dims"] == [8] * len(VOCAB) and spec["schema_hash"] == schema.schema_hash
+
+
+def test_retrain_resumes_after_sigkill_with_the_same_result(small_data, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    sets = [a for s in FAST + ["retrain.patience=100"] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "pipeline.retrain", "--data", str(small_data), "--dims", "fde:4",
+           "--preset", "default", "--quiet", *sets]
+    ref = subprocess.run(cmd + ["--model_dir", str(tmp_path / "ref")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + ["--model_dir", str(killed)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(int(p.stem.split("-")[1]) >= 30 for p in (killed / "ckpt").glob("ckpt-*.index")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists(), "finished before it could be killed"
+    rerun = subprocess.run(cmd + ["--model_dir", str(killed)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resumed at step" in rerun.stderr
+    a, b = read_json(tmp_path / "ref" / "metrics.json"), read_json(killed / "metrics.json")
+    assert a["steps"] == b["steps"]
+    assert a["test_auc"] == pytest.approx(b["test_auc"], abs=1e-6)
+    assert a["best_valid_auc"] == pytest.approx(b["best_valid_auc"], abs=1e-6)
+
+
+def test_mismatched_dims_are_refused(small_data, tmp_path):
+    from configs.features import DataSchema
+    from pipeline.dims import load_dims
+    from pipeline.retrain import retrain
+
+    schema = DataSchema.load(small_data)
+    fields = {n: {"dim": 8} for n in schema.field_names}
+    other = tmp_path / "dims.json"
+    other.write_text(json.dumps({"dataset": "criteo", "schema_hash": "0123456789abcdef",
+                                 "fields": fields}))
+    with pytest.raises(ConfigError, match="searched on dataset 'criteo'.*search again"):
+        retrain(str(small_data), str(other), str(tmp_path / "m"), experiment.resolve("default"))
+    renamed = dict(fields)
+    renamed["zz"] = renamed.pop(schema.field_names[0])
+    other.write_text(json.dumps({"schema_hash": schema.schema_hash, "fields": renamed}))
+    with pytest.raises(ConfigError, match="fields differ"):
+        load_dims(str(other), schema, (2, 8))
+    for bad in ("fde:x", "fde:0", "random:y", str(tmp_path / "nope.json")):
+        with pytest.raises(ConfigError):
+            load_dims(bad, schema, (2, 8))
+    with pytest.raises(ConfigError, match="--trials"):
+        retrain(str(small_data), "fde:8", str(tmp_path / "t"), experiment.resolve("default"),
+                trials=3)
+
+
+def test_random_dims_are_seeded_draws_from_the_candidates(small_data):
+    from configs.features import DataSchema
+    from pipeline.dims import load_dims
+
+    schema = DataSchema.load(small_data)
+    a = load_dims("random:3", schema, (2, 8, 16))
+    b = load_dims("random:3", schema, (2, 8, 16))
+    c = load_dims("random:3", schema, (2, 8, 16), trial=1)
+    assert a["dims"] == b["dims"] and a["dims"] != c["dims"]
+    assert set(a["dims"]) <= {2, 8, 16}
+
+
+def test_autodim_beats_random_dims_at_equal_parameters(planted_search, tmp_path):
+    from configs.features import DataSchema
+    from pipeline.retrain import retrain
+
+    data_dir, search_dir, dims = planted_search
+    schema = DataSchema.load(data_dir)
+    cfg = experiment.resolve("synthetic")
+    auto = retrain(str(data_dir), str(search_dir / "dims.json"), str(tmp_path / "auto"), cfg,
+                   quiet=True)
+    # a random allocation of the same dimensions to the fields (a permutation of AutoDim's
+    # choices), the one of 500 draws whose parameter count is closest to AutoDim's
+    names = schema.field_names
+    chosen = np.array([dims["fields"][n]["dim"] for n in names])
+    vocab = np.array([f.vocab_size for f in schema.fields])
+    rng = np.random.default_rng(0)
+    perms = [rng.permutation(chosen) for _ in range(500)]
+    params = np.array([int(vocab @ p) for p in perms])
+    k = int(np.argmin(np.abs(params - auto["params"])))
+    assert abs(params[k] - auto["params"]) <= 0.1 * auto["params"]
+    random_dims = dict(dims, fields={n: dict(dims["fields"][n], dim=int(d))
+                                     for n, d in zip(names, perms[k])})
+    path = tmp_path / "random_dims.json"
+    path.write_text(json.dumps(random_dims))
+    rand = retrain(str(data_dir), str(path), str(tmp_path / "rand"), cfg, quiet=True)
+    assert rand["params"] == params[k]
+    assert auto["test_auc"] > rand["test_auc"] + 0.005, (auto["test_auc"], rand["test_auc"])
