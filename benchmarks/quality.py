@@ -1,0 +1,170 @@
+"""Quality benchmark: AutoDim against the FDE frontier, RaS and AutoDim-s on real datasets.
+
+    python -m benchmarks.quality --data-root ../shared/data [--datasets movielens-100k,frappe]
+        [--backbones fm,wide_deep,deepfm] [--seeds 0,1,2] [--workdir runs/quality]
+        [--output BENCHMARKS.md] [--samples criteo,avazu]
+
+For each dataset (preprocessed once with the Beam job into WORKDIR/data/NAME), backbone and seed:
+FDE at 8, 16 and 32 (the frontier), RaS (random dims over the candidates), AutoDim-s and AutoDim
+(search, then retrain). Criteo and Avazu samples get one seed (they only show the pipeline runs
+on real logs; too small for quality claims). Every run is resumable: rerunning the command skips
+finished runs. Writes a markdown table (mean and std over seeds) to --output, with the command.
+Skips cleanly when --data-root does not exist.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+FRONTIER = (8, 16, 32)
+METHODS = tuple(f"fde{d}" for d in FRONTIER) + ("ras", "autodim_s", "autodim")
+INPUTS = {
+    "movielens-100k": "movielens-100k",
+    "frappe": "frappe/*.libfm",
+    "criteo": "criteo/train_rows_*.txt",
+    "avazu": "avazu/train_head_rows_*.csv",
+}
+
+
+def preprocess(data_root: Path, work: Path, dataset: str) -> Path:
+    from configs.features import SCHEMA_FILE
+    from preprocessing import run as beam_job
+
+    out = work / "data" / dataset
+    if not (out / SCHEMA_FILE).exists():
+        beam_job.run(["--dataset", dataset, "--input", str(data_root / INPUTS[dataset]),
+                      "--output", str(out)])
+    return out
+
+
+def one_run(data: Path, run_dir: Path, dataset: str, backbone: str, seed: int, method: str,
+            extra_sets: list[str]) -> dict:
+    from configs.experiment import preset_for_dataset, resolve
+    from pipeline.retrain import retrain
+    from pipeline.search import run_search
+
+    sets = [f"model.backbone={backbone}", f"search.seed={seed}", f"retrain.seed={seed}",
+            *extra_sets]
+    if method == "autodim_s":
+        sets.append("search.variant=autodim_s")
+    cfg = resolve(preset_for_dataset(dataset), None, sets)
+    started = time.monotonic()
+    if method.startswith("fde"):
+        m = retrain(str(data), f"fde:{method[3:]}", str(run_dir), cfg, quiet=True)
+    elif method == "ras":
+        m = retrain(str(data), f"random:{seed}", str(run_dir), cfg, quiet=True)
+    else:
+        run_search(str(data), str(run_dir / "search"), cfg, quiet=True)
+        m = retrain(str(data), str(run_dir / "search" / "dims.json"), str(run_dir / "retrain"),
+                    cfg, quiet=True)
+    m["wall_seconds"] = time.monotonic() - started
+    return m
+
+
+def frontier_auc(points: list[tuple[float, float]], params: float) -> float:
+    """FDE AUC linearly interpolated in log(params) (flat beyond the ends)."""
+    pts = sorted(points)
+    xs = np.log([p for p, _ in pts])
+    ys = [a for _, a in pts]
+    return float(np.interp(np.log(params), xs, ys))
+
+
+def summarise(results: dict) -> list[str]:
+    """results[(dataset, backbone)][method] = list of metrics over seeds -> markdown lines."""
+    lines = ["| dataset | backbone | method | test AUC | logloss | Params | % of FDE-32 | "
+             "vs FDE frontier | dims (seed 0) | dims Pearson across seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (dataset, backbone), by_method in results.items():
+        fde32 = np.mean([m["params"] for m in by_method.get("fde32", [])] or [np.nan])
+        frontier = [(np.mean([m["params"] for m in by_method[f"fde{d}"]]),
+                     np.mean([m["test_auc"] for m in by_method[f"fde{d}"]]))
+                    for d in FRONTIER if by_method.get(f"fde{d}")]
+        for method in METHODS:
+            runs = by_method.get(method)
+            if not runs:
+                continue
+            auc = np.array([m["test_auc"] for m in runs])
+            ll = np.array([m["test_logloss"] for m in runs])
+            params = float(np.mean([m["params"] for m in runs]))
+            vs = ""
+            if len(frontier) >= 2 and not method.startswith("fde"):
+                vs = f"{auc.mean() - frontier_auc(frontier, params):+.4f}"
+            dims = runs[0].get("dims", {})
+            dims_text = " ".join(str(dims[k]) for k in dims) if method in ("autodim", "autodim_s", "ras") else ""
+            corr = ""
+            if len(runs) > 1 and method in ("autodim", "autodim_s"):
+                vecs = [np.array(list(m["dims"].values()), float) for m in runs]
+                cs = [np.corrcoef(a, b)[0, 1] for i, a in enumerate(vecs) for b in vecs[i + 1:]
+                      if a.std() > 0 and b.std() > 0]
+                corr = f"{np.mean(cs):.2f}" if cs else "n/a (constant dims)"
+            lines.append(
+                f"| {dataset} | {backbone} | {method} | {auc.mean():.4f} ± {auc.std():.4f} | "
+                f"{ll.mean():.4f} ± {ll.std():.4f} | {params:,.0f} | {100 * params / fde32:.1f}% | "
+                f"{vs} | {dims_text} | {corr} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--datasets", default="movielens-100k,frappe")
+    parser.add_argument("--samples", default="criteo,avazu",
+                        help="datasets run with one seed (pipeline check only); '' for none")
+    parser.add_argument("--backbones", default="fm,wide_deep,deepfm")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--workdir", default="runs/quality")
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config overrides for every run")
+    args = parser.parse_args(argv)
+    root = Path(args.data_root)
+    if not root.is_dir():
+        print(f"skipped: data root {root} does not exist (the licensed datasets are not part of "
+              f"the repository)")
+        return 0
+    work = Path(args.workdir)
+    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; known: {list(METHODS)}")
+    plan = [(d, seeds) for d in args.datasets.split(",") if d]
+    plan += [(d, seeds[:1]) for d in args.samples.split(",") if d]
+    results: dict = {}
+    for dataset, ds_seeds in plan:
+        if not any(root.glob(INPUTS[dataset])):
+            print(f"skipped {dataset}: no input under {root}")
+            continue
+        data = preprocess(root, work, dataset)
+        for backbone in args.backbones.split(","):
+            for seed in ds_seeds:
+                for method in methods:
+                    run_dir = work / dataset / backbone / f"seed{seed}" / method
+                    m = one_run(data, run_dir, dataset, backbone, seed, method, args.set)
+                    results.setdefault((dataset, backbone), {}).setdefault(method, []).append(m)
+                    print(f"{dataset} {backbone} seed {seed} {method}: test AUC "
+                          f"{m['test_auc']:.4f} logloss {m['test_logloss']:.4f} params "
+                          f"{m['params']:,} ({m['wall_seconds']:.0f}s)", flush=True)
+    command = "python -m benchmarks.quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    table = summarise(results)
+    text = ["## Quality (benchmarks.quality)", "", f"Command: `{command}`", "",
+            "AUC/logloss: mean ± std over seeds on the test split; Params: the paper's metric "
+            "(embedding parameters of the chosen dimensions); 'vs FDE frontier': AUC minus the "
+            "FDE-8/16/32 AUC interpolated (in log params) at the method's Params.", "", *table, ""]
+    Path(args.output).write_text("\n".join(text), encoding="utf-8")
+    (work / "results.json").write_text(json.dumps(
+        {f"{d}|{b}": v for (d, b), v in results.items()}, indent=1, default=str))
+    print("\n".join(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
