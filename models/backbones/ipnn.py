@@ -1,23 +1,17 @@
 """Inner-product Neural Network (Qu et al. 2016): [embeddings, pairwise inner products] -> MLP."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import keras
 import numpy as np
 import tensorflow as tf
 
+from models.backbones._base import MLPBackbone
 from models.backbones._shape import check_embedding_shape
-from models.mlp import MLP
 
 
 @keras.saving.register_keras_serializable(package="autodim")
-class IPNN(keras.layers.Layer):
+class IPNN(MLPBackbone):
     """[B, M, D] -> [B]: MLP(concat(flatten(e), <e_i, e_j> for i < j))."""
-
-    def __init__(self, hidden_units: Sequence[int] = (128, 128), dropout: float = 0.2, batchnorm: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.mlp = MLP(hidden_units, dropout, batchnorm, output_units=1, name="mlp")
 
     def build(self, input_shape):
         fields, dim = check_embedding_shape("IPNN", input_shape)
@@ -30,12 +24,4 @@ class IPNN(keras.layers.Layer):
         gram = tf.matmul(embeddings, embeddings, transpose_b=True)  # [B, M, M]
         inner = tf.gather(tf.reshape(gram, [-1, fields * fields]), self._pair_index, axis=1)
         features = tf.concat([tf.reshape(embeddings, [-1, fields * dim]), inner], axis=1)
-        return tf.squeeze(self.mlp(features, training=training), axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0],)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(hidden_units=list(self.mlp.hidden_units), dropout=self.mlp.dropout, batchnorm=self.mlp.batchnorm)
-        return config
+        return self.mlp_logit(features, training=training)

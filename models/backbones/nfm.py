@@ -8,16 +8,15 @@ import tensorflow as tf
 
 from models.backbones._shape import check_embedding_shape
 from models.backbones.fm import fm_interaction
-from models.mlp import MLP
+from models.backbones._base import MLPBackbone
 
 
 @keras.saving.register_keras_serializable(package="autodim")
-class NFM(keras.layers.Layer):
+class NFM(MLPBackbone):
     """[B, M, D] -> [B]. As pytorch-fm's NFM: the pooled [B, D] vector is batch-normalised and dropped out."""
 
     def __init__(self, hidden_units: Sequence[int] = (128, 128), dropout: float = 0.2, batchnorm: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.mlp = MLP(hidden_units, dropout, batchnorm, output_units=1, name="mlp")
+        super().__init__(hidden_units, dropout, batchnorm, **kwargs)
         self.pool_norm = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True, name="pool_bn") if batchnorm else None
         self.pool_dropout = keras.layers.Dropout(self.mlp.dropout, name="pool_dropout")
 
@@ -32,12 +31,4 @@ class NFM(keras.layers.Layer):
         if self.pool_norm is not None:
             pooled = self.pool_norm(pooled, training=training)
         pooled = self.pool_dropout(pooled, training=training)
-        return tf.squeeze(self.mlp(pooled, training=training), axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0],)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(hidden_units=list(self.mlp.hidden_units), dropout=self.mlp.dropout, batchnorm=self.mlp.batchnorm)
-        return config
+        return self.mlp_logit(pooled, training=training)

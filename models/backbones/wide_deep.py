@@ -1,22 +1,16 @@
 """Wide & Deep (Cheng et al. 2016): the deep part; the wide part is the model's `FirstOrder`."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import keras
 import tensorflow as tf
 
+from models.backbones._base import MLPBackbone
 from models.backbones._shape import check_embedding_shape
-from models.mlp import MLP
 
 
 @keras.saving.register_keras_serializable(package="autodim")
-class WideDeep(keras.layers.Layer):
+class WideDeep(MLPBackbone):
     """[B, M, D] -> [B]: MLP over the concatenated embeddings, then a 1-unit output layer."""
-
-    def __init__(self, hidden_units: Sequence[int] = (128, 128), dropout: float = 0.2, batchnorm: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.mlp = MLP(hidden_units, dropout, batchnorm, output_units=1, name="mlp")
 
     def build(self, input_shape):
         fields, dim = check_embedding_shape("WideDeep", input_shape)
@@ -24,12 +18,4 @@ class WideDeep(keras.layers.Layer):
 
     def call(self, embeddings, training=None):
         flat = tf.reshape(embeddings, [-1, embeddings.shape[1] * embeddings.shape[2]])
-        return tf.squeeze(self.mlp(flat, training=training), axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0],)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(hidden_units=list(self.mlp.hidden_units), dropout=self.mlp.dropout, batchnorm=self.mlp.batchnorm)
-        return config
+        return self.mlp_logit(flat, training=training)
