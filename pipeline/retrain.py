@@ -96,8 +96,9 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     max_steps = max(1, int(round(r.max_epochs * spe)))
     eval_every = r.eval_every or spe
     vocab_sizes = [f.vocab_size for f in schema.fields]
-    output_dim = max(dims_list) if dims["kind"] == "fde" else max(
-        list(dims.get("candidate_dims") or []) + list(dims_list))
+    # unify to the largest chosen dimension, not the largest candidate: no field needs more, and
+    # the interaction and MLP input then cost no more than the widest field requires
+    output_dim = max(dims_list)
     spec = {"backbone": m.backbone, "vocab_sizes": vocab_sizes, "dims": dims_list,
             "unify": r.unify, "output_dim": int(output_dim), "mlp_units": list(m.mlp_units),
             "dropout": m.dropout, "field_names": list(schema.field_names),
