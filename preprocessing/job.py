@@ -6,6 +6,8 @@ Two passes over the input, both streaming (nothing is materialised between steps
    vocabularies as a side input -> GZIP TFRecords.
 Parsing twice costs CPU, but a single pass would make the runner hold every parsed record until
 the vocabularies are known (on the DirectRunner: the whole dataset in memory).
+Rows travel in chunks of CHUNK_ROWS lines of one file (see transforms), so the runner's
+per-element cost is paid per chunk; dead letters are still one element per bad line.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from configs.preprocess import PreprocessConfig
 from preprocessing import formats, transforms
 
 MOVIELENS = ("movielens-1m", "movielens-100k")
+CHUNK_ROWS = 1000
 COUNTS_FILE = "_counts.json"
 
 
@@ -136,8 +139,9 @@ def build(p: beam.Pipeline, spec: DatasetSpec, cfg: PreprocessConfig, inputs: Jo
     def read(label: str, only_split: int | None):
         if inputs.tfds_name:
             return p | label >> transforms.ReadTfds(inputs.tfds_name, fractions, seed,
-                                                    only_split, inputs.tfds_data_dir)
-        return p | label >> transforms.ReadWithLineNumbers(patterns, fractions, seed, only_split)
+                                                    only_split, inputs.tfds_data_dir, CHUNK_ROWS)
+        return p | label >> transforms.ReadWithLineNumbers(patterns, fractions, seed, only_split,
+                                                           CHUNK_ROWS)
 
     if inputs.tfds_name:
         parse, encoding, patterns = _TfdsParse(spec, inputs.tfds_name, inputs.tfds_data_dir), None, ()
@@ -174,7 +178,7 @@ def build(p: beam.Pipeline, spec: DatasetSpec, cfg: PreprocessConfig, inputs: Jo
         encoded = records[split] | f"Encode{split.title()}" >> transforms.EncodeExamples(
             names, split, vocabs)
         counts.append(encoded[transforms.COUNTS])
-        _ = encoded.examples | f"Write{split.title()}" >> beam.io.WriteToTFRecord(
+        _ = encoded.examples | f"Write{split.title()}" >> transforms.WriteTFRecordChunks(
             FileSystems.join(out_dir, split, "part"), file_name_suffix=".tfrecord.gz",
             num_shards=getattr(cfg.num_shards, split),
             compression_type=CompressionTypes.GZIP)

@@ -297,3 +297,59 @@ def test_movielens_tfds_path_with_mock_data(tmp_path):
     recs, pb = _records(out / "train")
     assert sorted((r["userId"], r["movieId"], r["label"]) for r in map(
         lambda r: _decode(r, pb), recs)) == [(1, 1, 1.0), (1, 2, 1.0), (2, 1, 0.0)]
+
+
+def test_chunked_elements_give_the_same_records_vocab_examples_and_counts(tmp_path):
+    """The job's chunks (lists of lines/records/examples) through the same transforms give what
+    the one-by-one elements give; dead letters stay one per line; WriteTFRecordChunks deals a
+    chunk over fixed shards."""
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    spec = dataset_spec("criteo", {"fields": [{"name": "I1", "kind": "numeric"},
+                                              {"name": "C1", "min_count": 2}],
+                                   "default_min_count": 1})
+    lines = [_criteo(1, 5, "b"), _criteo(0, 5, "a"), _criteo(0, "", "b"), "",
+             _criteo(0, "zz", "a"), "1\t2", _criteo(1, 0, "c"), _criteo(1, 9, " b ")]
+    elements = [(i % 2, "f.txt", i + 1, ln.encode()) for i, ln in enumerate(lines)]
+    chunks = [elements[:3], elements[3:7], elements[7:]]
+    p = test_pipeline.TestPipeline(argv=INMEM)
+    parsed = (p | beam.Create(chunks)
+              | transforms.ParseRecords(_LineParse(line_parser(spec)), "utf-8"))
+    assert_that(parsed.train | "FlatTrain" >> beam.FlatMap(lambda chunk: chunk),
+                equal_to([(("L2", "b"), 1.0), ((MISSING_TOKEN, "b"), 0.0), (("0", "c"), 1.0)]),
+                label="train")
+    assert_that(parsed.valid | beam.Map(len), equal_to([1, 1]), label="valid_chunks")
+    assert_that(parsed.deadletter | beam.Map(lambda d: (d["file"], d["line"], d["reason"][:8])),
+                equal_to([("f.txt", 5, "field I1"), ("f.txt", 6, "expected")]), label="dead")
+    assert_that(parsed.counts | "SumCounts" >> beam.CombinePerKey(sum),
+                equal_to([("read", 7), ("deadletter", 2), ("blank", 1)]), label="counts")
+    vocabs = parsed.train | transforms.ComputeVocabularies(["I1", "C1"], [1, 2])
+    assert_that(vocabs, equal_to([{"I1": [("0", 1), ("L2", 1), (MISSING_TOKEN, 1)],
+                                   "C1": [("b", 2)]}]), label="vocab")
+    encoded = parsed.train | transforms.EncodeExamples(["I1", "C1"], "train", vocabs)
+
+    def ids(raw):
+        from tensorflow.core.example import example_pb2
+        f = example_pb2.Example.FromString(raw).features.feature
+        return f["I1"].int64_list.value[0], f["C1"].int64_list.value[0], f["label"].float_list.value[0]
+
+    assert_that(encoded.examples | beam.FlatMap(lambda chunk: chunk) | beam.Map(ids),
+                equal_to([(2, 1, 1.0), (3, 1, 0.0), (1, 0, 1.0)]), label="ids")
+    assert_that(encoded.counts | "SumWritten" >> beam.CombinePerKey(sum),
+                equal_to([("written/train", 3), ("label_sum/train", 2.0)]), label="written")
+    records = [b"r%d" % i for i in range(10)]
+    _ = (p | "Records" >> beam.Create([records])
+         | transforms.WriteTFRecordChunks(str(tmp_path / "w" / "part"), ".tfrecord.gz", 3,
+                                          "gzip"))
+    p.run().wait_until_finish()
+
+    files = sorted(glob.glob(str(tmp_path / "w" / "part-*-of-00003.tfrecord.gz")))
+    per_file = []
+    for path in files:
+        with gzip.open(path, "rb") as fh:
+            got = []
+            while (rec := _TFRecordUtil.read_record(fh)) is not None:
+                got.append(rec)
+        per_file.append(got)
+    assert sorted(map(len, per_file)) == [3, 3, 4]
+    assert sorted(r for got in per_file for r in got) == sorted(records)

@@ -1,0 +1,175 @@
+"""tf.train.Example bytes and TFRecord framing without TensorFlow (pure Python, no Beam).
+
+The job's examples have a fixed shape: one int64 id per field plus a float label. Their protobuf
+encoding is assembled from bytes precomputed per (field, id), in the order of
+`Example.SerializeToString(deterministic=True)` (map entries sorted by key), so the output is
+byte-identical to TensorFlow's (tests/test_preprocessing_codec.py checks it against
+`tf.train.Example`). Wire format (proto3, example.proto / feature.proto):
+
+    Example  { Features features = 1; }
+    Features { map<string, Feature> feature = 1; }      entry: key = 1 (string), value = 2
+    Feature  { oneof { BytesList bytes_list = 1; FloatList float_list = 2;
+                       Int64List int64_list = 3; } }
+    Int64List { repeated int64 value = 1 [packed]; }  FloatList { repeated float value = 1 [packed]; }
+
+Without TensorFlow the Beam workers start in seconds instead of ~25 s.
+"""
+from __future__ import annotations
+
+import operator
+import struct
+from typing import Iterable, Mapping, Sequence
+
+_LEN_CACHE = 1 << 14  # body lengths below this have a precomputed varint prefix
+
+
+def varint(n: int) -> bytes:
+    """Unsigned LEB128 (protobuf varint) of n >= 0."""
+    if n < 0:
+        raise ValueError(f"varint of a negative number: {n}")
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _len_delimited(field: int, payload: bytes) -> bytes:
+    return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+
+def _map_entry(key: str, feature: bytes) -> bytes:
+    """One `Features.feature` entry (field 1 of Features) holding `key -> feature`."""
+    return _len_delimited(1, _len_delimited(1, key.encode("utf-8")) + _len_delimited(2, feature))
+
+
+def int64_entry(key: str, value: int) -> bytes:
+    """Serialized map entry `key -> Feature(int64_list=[value])`; value >= 0 (vocabulary ids)."""
+    return _map_entry(key, _len_delimited(3, _len_delimited(1, varint(value))))
+
+
+def float_entry(key: str, value: float) -> bytes:
+    """Serialized map entry `key -> Feature(float_list=[value])` (float32, little-endian)."""
+    return _map_entry(key, _len_delimited(2, _len_delimited(1, struct.pack("<f", value))))
+
+
+def _upb_key_order(key: str) -> list[int]:
+    """Sort key of the map-entry order of protobuf's (upb) deterministic serialization: bytes
+    ascending, but a key sorts before its own prefixes ("C10" < "C1"). Any order parses to the
+    same message; this one makes the bytes identical to TensorFlow's."""
+    return list(key.encode("utf-8")) + [256]
+
+
+class _Ids(dict):
+    """token -> serialized entry of its id; unknown tokens give the OOV entry (id 0)."""
+
+    __slots__ = ("oov",)
+
+    def __missing__(self, token):
+        return self.oov
+
+
+class _Floats(dict):
+    """float value -> serialized entry (filled on first use)."""
+
+    __slots__ = ("key",)
+
+    def __missing__(self, value):
+        entry = self[value] = float_entry(self.key, value)
+        return entry
+
+
+class ExampleEncoder:
+    """(tokens, label) -> serialized tf.train.Example `{name: int64 id per field, float_key:
+    label}`; the id of a token is its 1-based position in the field's vocabulary (0 = OOV).
+
+    `vocabularies[name]` is the field's tokens in id order (or `(token, count)` pairs)."""
+
+    def __init__(self, field_names: Sequence[str], float_key: str,
+                 vocabularies: Mapping[str, Iterable]):
+        names = list(field_names)
+        if float_key in names or len(set(names)) != len(names):
+            raise ValueError(f"feature keys must be distinct; got fields {names} and "
+                             f"label key {float_key!r}")
+        tables: list[dict] = []
+        for name in names:
+            table = _Ids()
+            for i, item in enumerate(vocabularies[name], 1):
+                token = item[0] if isinstance(item, tuple) else item
+                table[token] = int64_entry(name, i)
+            table.oov = int64_entry(name, 0)
+            tables.append(table)
+        label = _Floats()
+        label.key = float_key
+        tables.append(label)
+        keys = names + [float_key]
+        order = sorted(range(len(keys)), key=lambda i: _upb_key_order(keys[i]))
+        self._tables = [tables[i] for i in order]
+        self._pick = operator.itemgetter(*order)
+        self._prefix = [b"\x0a" + varint(n) for n in range(_LEN_CACHE)]
+
+    def encode(self, tokens: Sequence[str], label: float) -> bytes:
+        values = self._pick((*tokens, label))
+        if len(self._tables) == 1:
+            values = (values,)
+        body = b"".join(map(operator.getitem, self._tables, values))
+        n = len(body)
+        return (self._prefix[n] if n < _LEN_CACHE else b"\x0a" + varint(n)) + body
+
+    def encode_all(self, records: Iterable[tuple[Sequence[str], float]]) -> list[bytes]:
+        encode = self.encode
+        return [encode(tokens, label) for tokens, label in records]
+
+
+# ----------------------------------------------------------------------------- TFRecord framing
+
+def _crc32c_function():
+    try:
+        import google_crc32c  # installed with apache-beam; C implementation
+
+        if getattr(google_crc32c, "value", None):
+            return google_crc32c.value
+    except ImportError:
+        pass
+    from apache_beam.io.tfrecordio import _default_crc32c_fn
+
+    _default_crc32c_fn(b"")  # picks the fastest available implementation
+    return _default_crc32c_fn.fn
+
+
+_crc32c = None
+_PACK_U32 = struct.Struct("<I").pack
+
+
+def masked_crc32c(data: bytes) -> int:
+    global _crc32c
+    if _crc32c is None:
+        _crc32c = _crc32c_function()
+    crc = _crc32c(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+class TFRecordFramer:
+    """Records -> the bytes of a TFRecord file: per record `uint64 length, uint32 masked
+    crc32c(length), data, uint32 masked crc32c(data)` (little-endian)."""
+
+    def __init__(self):
+        masked_crc32c(b"")
+        self._crc = _crc32c
+        self._heads: dict[int, bytes] = {}
+
+    def _head(self, n: int) -> bytes:
+        length = struct.pack("<Q", n)
+        head = self._heads[n] = length + struct.pack("<I", masked_crc32c(length))
+        return head
+
+    def frame(self, records: Iterable[bytes]) -> bytes:
+        heads, crc, pack = self._heads, self._crc, _PACK_U32
+        parts = []
+        for data in records:
+            n = len(data)
+            c = crc(data)
+            parts += (heads.get(n) or self._head(n), data,
+                      pack((((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF))
+        return b"".join(parts)
