@@ -7,6 +7,7 @@ YAML example (every key optional; unknown keys are errors naming them):
     split: {train: 0.8, valid: 0.1, test: 0.1, seed: 0}
     num_shards: {train: 0, valid: 0, test: 0}
     max_bad_fraction: 0.01
+    compression_level: 3   # GZIP level of the TFRecords (1..9)
 
 `num_shards` 0 (the default) lets the runner decide (one file per worker bundle, no shuffle: the
 job streams with flat memory on the DirectRunner); N > 0 writes exactly N files, which costs a
@@ -67,10 +68,15 @@ class PreprocessConfig:
     split: SplitConfig = SplitConfig()
     num_shards: ShardConfig = ShardConfig()
     max_bad_fraction: float = 0.01
+    # GZIP level of the TFRecords. 3 rather than zlib's default 6: measured 10.2 vs 20.5 us per
+    # row (the job's largest single cost) for 24% larger files; reading speed is the same.
+    compression_level: int = 3
 
     def __post_init__(self):
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if not 1 <= self.compression_level <= 9:
+            raise ConfigError(f"compression_level must be in 1..9, got {self.compression_level}")
 
 
 def load_preprocess_config(path: str | None, max_bad_fraction: float | None = None
@@ -91,5 +97,6 @@ def resolve(dataset: str, cfg: PreprocessConfig) -> tuple[DatasetSpec, dict[str,
         "split": to_dict(cfg.split),
         "num_shards": to_dict(cfg.num_shards),
         "max_bad_fraction": cfg.max_bad_fraction,
+        "compression_level": cfg.compression_level,
     }
     return spec, resolved, config_hash(resolved)

@@ -17,7 +17,6 @@ import posixpath
 from typing import Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from configs.features import SPLITS, DatasetSpec
@@ -180,8 +179,7 @@ def build(p: beam.Pipeline, spec: DatasetSpec, cfg: PreprocessConfig, inputs: Jo
         counts.append(encoded[transforms.COUNTS])
         _ = encoded.examples | f"Write{split.title()}" >> transforms.WriteTFRecordChunks(
             FileSystems.join(out_dir, split, "part"), file_name_suffix=".tfrecord.gz",
-            num_shards=getattr(cfg.num_shards, split),
-            compression_type=CompressionTypes.GZIP)
+            num_shards=getattr(cfg.num_shards, split), gzip_level=cfg.compression_level)
 
     _ = (dead | "AllDeadLetters" >> beam.Flatten()
          | "WriteDeadLetters" >> transforms.WriteDeadLetters(out_dir))

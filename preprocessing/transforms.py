@@ -18,6 +18,7 @@ Per-row work is kept in few DoFns with bundle-local counting because the job is 
 from __future__ import annotations
 
 import collections
+import gzip
 import itertools
 import json
 import posixpath
@@ -482,14 +483,38 @@ class EncodeExamples(beam.PTransform):
 
 # ----------------------------------------------------------------------------- writing
 
-class _TFRecordChunkSink(FileBasedSink):
-    """FileBasedSink whose elements are lists of serialized records (one TFRecord each)."""
+class _GzipFile:
+    """A GZIP stream at a chosen level over a Beam filesystem file (closes both; mtime 0 keeps
+    the bytes identical between runs)."""
 
-    def __init__(self, file_path_prefix, file_name_suffix, num_shards, compression_type):
+    def __init__(self, raw, level: int):
+        self._raw = raw
+        self._gz = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0)
+
+    def write(self, data: bytes) -> None:
+        self._gz.write(data)
+
+    def close(self) -> None:
+        self._gz.close()
+        self._raw.close()
+
+
+class _TFRecordChunkSink(FileBasedSink):
+    """FileBasedSink whose elements are lists of serialized records (one TFRecord each);
+    `gzip_level` set: GZIP at that level instead of Beam's fixed default."""
+
+    def __init__(self, file_path_prefix, file_name_suffix, num_shards, compression_type,
+                 gzip_level: int | None = None):
         super().__init__(file_path_prefix, coder=coders.BytesCoder(),
                          file_name_suffix=file_name_suffix, num_shards=num_shards,
-                         mime_type="application/octet-stream", compression_type=compression_type)
+                         mime_type="application/octet-stream",
+                         compression_type=CompressionTypes.UNCOMPRESSED if gzip_level else compression_type)
+        self._gzip_level = gzip_level
         self._framer = None
+
+    def open(self, temp_path):
+        handle = super().open(temp_path)
+        return _GzipFile(handle, self._gzip_level) if self._gzip_level else handle
 
     def write_record(self, file_handle, value):
         if self._framer is None:
@@ -507,10 +532,10 @@ class WriteTFRecordChunks(beam.PTransform):
     like beam.io.WriteToTFRecord on the flattened records (num_shards 0: the runner decides)."""
 
     def __init__(self, file_path_prefix: str, file_name_suffix: str = "", num_shards: int = 0,
-                 compression_type: str = CompressionTypes.AUTO):
+                 compression_type: str = CompressionTypes.AUTO, gzip_level: int | None = None):
         super().__init__()
         self._sink = _TFRecordChunkSink(file_path_prefix, file_name_suffix, num_shards,
-                                        compression_type)
+                                        compression_type, gzip_level)
         self._shards = num_shards
 
     def expand(self, chunks):
