@@ -87,3 +87,38 @@ def spearman(a, b) -> float:
 
 def read_json(path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_module(module: str, args: list[str]):
+    """`python -m module args` from the repository root, output captured."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def sigkill_after_checkpoint(module: str, args: list[str], ckpt_dir: Path, step: int,
+                             timeout: float = 300) -> None:
+    """Starts `python -m module args` and SIGKILLs it once a checkpoint >= `step` is on disk."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(int(p.stem.split("-")[1]) >= step for p in Path(ckpt_dir).glob("ckpt-*.index")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

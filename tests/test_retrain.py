@@ -1,20 +1,14 @@
 """Retraining: AutoDim vs random dims on planted data, FDE, metrics, resume, refusals."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from configs import experiment
 from configs.loader import ConfigError
-from tests.fixtures import random_split_data, read_json, write_dataset
+from tests.fixtures import (random_split_data, read_json, run_module,
+                            sigkill_after_checkpoint, write_dataset)
 
-REPO = Path(__file__).resolve().parents[1]
 VOCAB = [50, 30, 200, 20, 10, 100]
 FAST = ["retrain.batch_size=200", "retrain.max_epochs=3", "retrain.checkpoint_every=10",
         "retrain.steps_per_call=5"]
@@ -67,26 +61,15 @@ def test_fde_gives_exactly_d_and_metrics_match_the_saved_predictions(small_data,
 
 
 def test_retrain_resumes_after_sigkill_with_the_same_result(small_data, tmp_path):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
     sets = [a for s in FAST + ["retrain.patience=100"] for a in ("--set", s)]
-    cmd = [sys.executable, "-m", "pipeline.retrain", "--data", str(small_data), "--dims", "fde:4",
-           "--preset", "default", "--quiet", *sets]
-    ref = subprocess.run(cmd + ["--model_dir", str(tmp_path / "ref")], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
+    args = ["--data", str(small_data), "--dims", "fde:4", "--preset", "default", "--quiet", *sets]
+    ref = run_module("pipeline.retrain", args + ["--model_dir", str(tmp_path / "ref")])
     assert ref.returncode == 0, ref.stderr[-2000:]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + ["--model_dir", str(killed)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if any(int(p.stem.split("-")[1]) >= 30 for p in (killed / "ckpt").glob("ckpt-*.index")):
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_after_checkpoint("pipeline.retrain", args + ["--model_dir", str(killed)],
+                             killed / "ckpt", 30)
     assert not (killed / "metrics.json").exists(), "finished before it could be killed"
-    rerun = subprocess.run(cmd + ["--model_dir", str(killed)], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=600)
+    rerun = run_module("pipeline.retrain", args + ["--model_dir", str(killed)])
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resumed at step" in rerun.stderr
     a, b = read_json(tmp_path / "ref" / "metrics.json"), read_json(killed / "metrics.json")

@@ -1,27 +1,18 @@
 """The dimension search end to end: planted structure found, mirroring, resume, NaN, errors."""
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from configs import experiment
 from configs.loader import ConfigError
 from pipeline.errors import NonFiniteLossError
-from tests.fixtures import random_split_data, read_json, spearman, write_dataset
+from tests.fixtures import (random_split_data, read_json, run_module,
+                            sigkill_after_checkpoint, spearman, write_dataset)
 
-REPO = Path(__file__).resolve().parents[1]
 VOCAB = [50, 30, 200, 20, 10, 100]
 
 
-def _cli(args, **kw):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "pipeline.search", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600, **kw)
+def _cli(args):
+    return run_module("pipeline.search", args)
 
 
 @pytest.fixture(scope="module")
@@ -89,20 +80,8 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_dims(small_data, tmp_pat
     ref = _cli(["--data", str(small_data), "--model_dir", str(tmp_path / "ref"), *args])
     assert ref.returncode == 0, ref.stderr[-3000:]
     model_dir = tmp_path / "killed"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.search", "--data", str(small_data),
-                             "--model_dir", str(model_dir), *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        ckpts = list((model_dir / "ckpt").glob("ckpt-*.index"))
-        if any(int(p.stem.split("-")[1]) >= 40 for p in ckpts):
-            break
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_after_checkpoint("pipeline.search", ["--data", str(small_data), "--model_dir",
+                                                 str(model_dir), *args], model_dir / "ckpt", 40)
     assert not (model_dir / "dims.json").exists(), "the run finished before it could be killed"
     rerun = _cli(["--data", str(small_data), "--model_dir", str(model_dir), *args])
     assert rerun.returncode == 0, rerun.stderr[-3000:]
