@@ -5,12 +5,16 @@ preprocesses it with the real Beam job (in-process DirectRunner), builds two Dee
 models on it and exports both with pipeline.export:
 
 - AutoDim-like: mixed dims (most fields 2..8, a few 24..32, projected to 32 with per-field
-  linear transforms: `unify=linear`, what pipeline.retrain trains with a search's dims.json);
+  linear transforms for the FM term: `unify=linear`, `mlp_input=raw`, what pipeline.retrain
+  trains with a search's dims.json by default; `--mlp_input unified` feeds the MLP the projected
+  embeddings instead);
 - FDE-32: every field at 32 with `unify=zero_pad` (a plain embedding, no projection).
 
-Weights are untrained (latency and size do not depend on their values). Each SavedModel is
-loaded with tf.saved_model.load and its `serving_default` signature called on raw string rows
+Weights are untrained (latency and size do not depend on their values). Both SavedModels are
+loaded with tf.saved_model.load and their `serving_default` signatures called on raw string rows
 of the test split at batch 1 and batch 2000: median and p99 over repeated calls after warm-up.
+The two models' calls alternate (AutoDim, FDE, AutoDim, ...), so load from other processes on
+a shared machine hits both alike and the ratio stays meaningful.
 Size = bytes of the version directory (du). The last line is
 
     ad_over_fde_latency_b2000=X ad_over_fde_size=Y p99_b1_ms=Z
@@ -37,7 +41,8 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def build_model_dir(data_dir: Path, model_dir: Path, dims: list[int], unify: str) -> Path:
+def build_model_dir(data_dir: Path, model_dir: Path, dims: list[int], unify: str,
+                    mlp_input: str = "unified") -> Path:
     import keras
     import tensorflow as tf
 
@@ -48,12 +53,12 @@ def build_model_dir(data_dir: Path, model_dir: Path, dims: list[int], unify: str
     vocab_sizes = [f.vocab_size for f in schema.fields]
     keras.utils.set_random_seed(0)
     model = build_retrain_model("deepfm", vocab_sizes, dims, unify=unify, output_dim=FDE_DIM,
-                                hidden_units=(400, 400), dropout=0.0)
+                                mlp_input=mlp_input, hidden_units=(400, 400), dropout=0.0)
     model(tf.zeros([2, len(vocab_sizes)], tf.int32), training=False)
     model_dir.mkdir(parents=True)
     model.save(model_dir / "model.keras")
     spec = {"backbone": "deepfm", "vocab_sizes": vocab_sizes, "dims": dims, "unify": unify,
-            "output_dim": FDE_DIM, "mlp_units": [400, 400], "dropout": 0.0,
+            "output_dim": FDE_DIM, "mlp_input": mlp_input, "mlp_units": [400, 400], "dropout": 0.0,
             "field_names": list(schema.field_names), "schema_hash": schema.schema_hash,
             "data_dir": str(data_dir.resolve())}
     (model_dir / "model_spec.json").write_text(json.dumps(spec), encoding="utf-8")
@@ -73,16 +78,19 @@ def raw_test_rows(raw: Path, names) -> list[list[str]]:
     return rows
 
 
-def time_calls(fn, inputs, calls: int, warmup: int) -> tuple[float, float]:
-    """(median ms, p99 ms) of `calls` calls after `warmup` untimed ones."""
+def time_calls(fns: dict, inputs, calls: int, warmup: int) -> dict[str, tuple[float, float]]:
+    """{name: (median ms, p99 ms)} of `calls` calls per function after `warmup` untimed ones,
+    the functions called in alternation."""
     for _ in range(warmup):
-        fn(**inputs)["probability"].numpy()
-    times = []
+        for fn in fns.values():
+            fn(**inputs)["probability"].numpy()
+    times = {name: [] for name in fns}
     for _ in range(calls):
-        t0 = time.perf_counter()
-        fn(**inputs)["probability"].numpy()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return float(np.median(times)), float(np.percentile(times, 99))
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn(**inputs)["probability"].numpy()
+            times[name].append((time.perf_counter() - t0) * 1000.0)
+    return {name: (float(np.median(t)), float(np.percentile(t, 99))) for name, t in times.items()}
 
 
 def main(argv=None) -> int:
@@ -90,7 +98,9 @@ def main(argv=None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20000, help="synthetic raw rows")
     parser.add_argument("--calls_b1", type=int, default=300)
-    parser.add_argument("--calls_b2000", type=int, default=40)
+    parser.add_argument("--calls_b2000", type=int, default=100)
+    parser.add_argument("--mlp_input", choices=("raw", "unified"), default="raw",
+                        help="the AutoDim model's MLP input (retrain's default: raw)")
     parser.add_argument("--keep", default=None, help="work directory to keep (default: temp)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -117,22 +127,23 @@ def main(argv=None) -> int:
         print(f"data: {args.rows} rows, {m} fields, total vocab "
               f"{sum(f.vocab_size for f in schema.fields):,} ({time.perf_counter() - t0:.0f}s); "
               f"AutoDim dims {ad_dims}")
-        variants = {"autodim": (ad_dims, "linear"), "fde32": ([FDE_DIM] * m, "zero_pad")}
+        variants = {"autodim": (ad_dims, "linear", args.mlp_input), "fde32": ([FDE_DIM] * m, "zero_pad", "unified")}
         rows = raw_test_rows(raw, names)
         big = [rows[i % len(rows)] for i in range(2000)]
         batches = {1: {n: tf.constant([rows[0][k]]) for k, n in enumerate(names)},
                    2000: {n: tf.constant([r[k] for r in big]) for k, n in enumerate(names)}}
-        results = {}
-        for name, (dims, unify) in variants.items():
-            model_dir = build_model_dir(data, root / f"model_{name}", dims, unify)
+        results, fns = {}, {}
+        for name, (dims, unify, mlp_input) in variants.items():
+            model_dir = build_model_dir(data, root / f"model_{name}", dims, unify, mlp_input)
             version = export(model_dir, root / "exports", name, log=lambda *_: None)
-            fn = tf.saved_model.load(str(version)).signatures["serving_default"]
-            r = {"size": du(version)}
-            for b, calls in ((1, args.calls_b1), (2000, args.calls_b2000)):
-                r[f"b{b}"] = time_calls(fn, batches[b], calls, warmup=10)
+            fns[name] = tf.saved_model.load(str(version)).signatures["serving_default"]
             emb = sum(f.vocab_size * d for f, d in zip(schema.fields, dims))
-            results[name] = r
-            print(f"{name:8s} unify={unify:8s} embedding params {emb:>9,}  size {r['size']:>10,} B"
+            results[name] = {"size": du(version), "params": emb, "unify": unify}
+        for b, calls in ((1, args.calls_b1), (2000, args.calls_b2000)):
+            for name, timing in time_calls(fns, batches[b], calls, warmup=10).items():
+                results[name][f"b{b}"] = timing
+        for name, r in results.items():
+            print(f"{name:8s} unify={r['unify']:8s} embedding params {r['params']:>9,}  size {r['size']:>10,} B"
                   f"  b1 median {r['b1'][0]:.2f} ms p99 {r['b1'][1]:.2f} ms"
                   f"  b2000 median {r['b2000'][0]:.1f} ms p99 {r['b2000'][1]:.1f} ms")
         ad, fde = results["autodim"], results["fde32"]

@@ -112,6 +112,9 @@ class RetrainConfig:
     batch_size: int = 2000
     learning_rate: float = 1e-3
     unify: Literal["linear", "zero_pad"] = "linear"
+    # DeepFM / W&D: the MLP reads the raw mixed-dim embeddings ([B, sum d]) instead of the unified
+    # ones: same function class, cheaper MLP, and W&D needs no projection (models.ctr_model).
+    mlp_input: Literal["raw", "unified"] = "raw"
     max_epochs: float = 30.0
     patience: int = 2  # evaluations without validation-AUC improvement before stopping
     eval_every: int = 0  # steps between validation evaluations; 0 = once per epoch

@@ -54,6 +54,11 @@ class FieldTables:
         # Position of field m in the concatenation of the groups' outputs.
         self.inverse_order = tuple(int(i) for i in np.argsort(order))
         self.identity_order = order == list(range(len(order)))
+        # (group index, position inside the group) of each field, in the original field order.
+        self.slots = tuple(
+            next((gi, g.fields.index(m)) for gi, g in enumerate(self.groups) if m in g.fields)
+            for m in range(len(self.vocab_sizes))
+        )
         self.tables: list[keras.Variable] = []
 
     def create(self, layer: keras.layers.Layer, initializer, name: str = "embeddings") -> list[keras.Variable]:
@@ -108,6 +113,22 @@ class FieldTables:
             # `table.value` (the tf.Variable) makes this a sparse resource gather; gathering from
             # the Keras variable would read (and, after sparse writes, copy) the whole table.
             out.append(tf.gather(table.value, group_ids))
+        return out
+
+    def lookup_fields(self, ids: tf.Tensor) -> list[tf.Tensor]:
+        """Checked ids [B, M] -> one [B, width_m] tensor per field, in the original field order.
+
+        One gather per field from its group's table (at `row offset + id`). For a mixed-width model
+        whose fields are combined per field anyway (a per-field projection, or a stack into
+        [B, M, E]) this is cheaper than per-group gathers followed by a concat and a reorder
+        gather (BENCHMARKS.md, serving).
+        """
+        columns = tf.unstack(ids, num=len(self.vocab_sizes), axis=1)
+        out = []
+        for m, (gi, j) in enumerate(self.slots):
+            offset = self.groups[gi].offsets[j]
+            field_ids = columns[m] + offset if offset else columns[m]
+            out.append(tf.gather(self.tables[gi].value, field_ids))
         return out
 
     def merge(self, parts: Sequence[tf.Tensor], field_major: bool = False) -> tf.Tensor:

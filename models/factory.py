@@ -73,10 +73,30 @@ def build_retrain_model(
     unify: str = "linear",
     output_dim: int | None = None,
     first_order: bool | None = None,
+    mlp_input: str = "unified",
     **backbone_kwargs,
 ) -> CTRModel:
-    """MixedDimEmbedding with the chosen dims + backbone (re-training stage, or FDE baselines)."""
+    """MixedDimEmbedding with the chosen dims + backbone (re-training stage, or FDE baselines).
+
+    `mlp_input="raw"` (see `CTRModel`) applies to backbones whose MLP reads the flattened
+    embeddings (DeepFM, WideDeep) and is ignored for the others (`effective_mlp_input`). W&D with
+    raw MLP input uses no unification, so it gets no projection weights.
+    """
     use_first_order = _first_order(backbone, first_order)
+    mlp_input = effective_mlp_input(backbone, mlp_input)
+    if mlp_input == "raw":
+        backbone_kwargs = dict(backbone_kwargs, mlp_input_dim=int(sum(dims)))
+        if not BACKBONES[backbone][0].needs_unified_with_raw_mlp_input:
+            unify = "zero_pad"
     embedding = MixedDimEmbedding(vocab_sizes, dims, output_dim=output_dim, unify=unify, name="embedding")
     return CTRModel(embedding, build_backbone(backbone, name="backbone", **backbone_kwargs), vocab_sizes,
-                    first_order=use_first_order, name=f"autodim_retrain_{backbone}")
+                    first_order=use_first_order, mlp_input=mlp_input, name=f"autodim_retrain_{backbone}")
+
+
+def effective_mlp_input(backbone: str, mlp_input: str) -> str:
+    """`mlp_input` if the backbone supports it, else "unified" (FM, NFM, IPNN, AutoInt, DCNv2)."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; known backbones: {sorted(BACKBONES)}")
+    if mlp_input not in ("unified", "raw"):
+        raise ValueError(f"mlp_input must be 'unified' or 'raw', got {mlp_input!r}")
+    return mlp_input if getattr(BACKBONES[backbone][0], "raw_mlp_input", False) else "unified"

@@ -1,8 +1,11 @@
 """Re-training embedding (paper Sec. 2.4.2): one chosen dim per field, unified to `output_dim`.
 
-Fields are grouped by dimension; each group is one concatenated table (one gather per group, sparse
-gradients) and, for `unify="linear"`, one batched matmul (field-major) with per-field [d, output_dim] weights and
-[output_dim] biases. No BatchNorm (the paper drops it at re-training: there is nothing to compare).
+Fields are grouped by dimension; each group is one concatenated table (sparse gradients) and, for
+`unify="linear"`, one [M_g, d, output_dim] kernel and [M_g, output_dim] bias. A call gathers each
+field's rows from its group table, projects them with the field's slice of the kernel and stacks
+the fields in their original order: with mixed widths this per-field form is faster than grouped
+gathers plus a concat, a reorder gather and a transpose (serving latency, README). No BatchNorm
+(the paper drops it at re-training: there is nothing to compare).
 
 Design choice: with `unify="linear"` every field is projected, including fields whose dim already
 equals `output_dim`. The paper's Eq. 1 transforms every candidate including d_N, so the re-trained
@@ -95,15 +98,31 @@ class MixedDimEmbedding(keras.layers.Layer):
         return list(self.kernels) + list(self.biases)
 
     def call(self, ids, training=None):
-        ids = self._tables.check_ids(ids)
-        if self.unify == "zero_pad":
-            return self._tables.lookup_padded(ids, self.output_dim)
-        # Field-major [M_g, B, d] @ [M_g, d, E]: one batched matmul per group, no per-field loop.
-        parts = [
-            tf.matmul(x, kernel) + bias[:, None, :]
-            for x, kernel, bias in zip(self._tables.lookup(ids, field_major=True), self.kernels, self.biases)
-        ]
-        return tf.transpose(self._tables.merge(parts, field_major=True), [1, 0, 2])
+        tables = self._tables
+        if self.unify == "zero_pad" and len(tables.groups) == 1:
+            (out,) = tables.lookup(tables.check_ids(ids))  # one width: a plain embedding (the FDE path)
+            if tables.groups[0].width < self.output_dim:
+                out = tf.pad(out, [[0, 0], [0, 0], [0, self.output_dim - tables.groups[0].width]])
+            return out
+        return self.unify_fields(self.raw_fields(ids))
+
+    def raw_fields(self, ids) -> list[tf.Tensor]:
+        """ids [B, M] -> each field's embedding at its own dim, [B, dims[m]], in field order."""
+        return self._tables.lookup_fields(self._tables.check_ids(ids))
+
+    def unify_fields(self, columns: Sequence[tf.Tensor]) -> tf.Tensor:
+        """`raw_fields` output -> [B, M, output_dim] (per-field projection or zero padding)."""
+        tables = self._tables
+        kernels = [tf.convert_to_tensor(k) for k in self.kernels]
+        biases = [tf.convert_to_tensor(b) for b in self.biases]
+        out = []
+        for (gi, j), rows in zip(tables.slots, columns):
+            if self.unify == "linear":
+                rows = tf.matmul(rows, kernels[gi][j]) + biases[gi][j]
+            elif tables.groups[gi].width < self.output_dim:
+                rows = tf.pad(rows, [[0, 0], [0, self.output_dim - tables.groups[gi].width]])
+            out.append(rows)
+        return tf.stack(out, axis=1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], len(self.vocab_sizes), self.output_dim)

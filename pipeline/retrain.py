@@ -74,7 +74,7 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
-    from models.factory import build_retrain_model
+    from models.factory import build_retrain_model, effective_mlp_input
     from models.params import parameter_report
     from pipeline import runtime, summaries
     from pipeline.progress import Progress
@@ -99,14 +99,17 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     # unify to the largest chosen dimension, not the largest candidate: no field needs more, and
     # the interaction and MLP input then cost no more than the widest field requires
     output_dim = max(dims_list)
+    mlp_input = effective_mlp_input(m.backbone, r.mlp_input)
     spec = {"backbone": m.backbone, "vocab_sizes": vocab_sizes, "dims": dims_list,
-            "unify": r.unify, "output_dim": int(output_dim), "mlp_units": list(m.mlp_units),
+            "unify": r.unify, "output_dim": int(output_dim), "mlp_input": mlp_input,
+            "mlp_units": list(m.mlp_units),
             "dropout": m.dropout, "field_names": list(schema.field_names),
             "schema_hash": schema.schema_hash, "data_dir": str(Path(data_dir).resolve())}
     keras.utils.set_random_seed(r.seed)
     with strategy.scope():
         model = build_retrain_model(m.backbone, vocab_sizes, dims_list, unify=r.unify,
-                                    output_dim=int(output_dim), **runtime.backbone_kwargs(m))
+                                    output_dim=int(output_dim), mlp_input=mlp_input,
+                                    **runtime.backbone_kwargs(m))
         model(tf.zeros([2, len(vocab_sizes)], tf.int32), training=False)
         opts = Optimizers(dense=keras.optimizers.Adam(learning_rate=r.learning_rate),
                           embedding=make_embedding_optimizer(r.embedding_optimizer, r.learning_rate))
@@ -130,7 +133,7 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     if not resumed:
         with writers["valid"].as_default():
             hp.hparams({"backbone": m.backbone, "dims_kind": dims["kind"],
-                        "dims_source": dims["source"], "unify": r.unify,
+                        "dims_source": dims["source"], "unify": r.unify, "mlp_input": mlp_input,
                         "embedding_params": int(report["embedding"]),
                         "learning_rate": r.learning_rate, "batch_size": r.batch_size})
     train_it = iter(runtime.distributed_stream(strategy, data_dir, schema, "train", r.batch_size,
