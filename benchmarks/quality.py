@@ -2,7 +2,7 @@
 
     python -m benchmarks.quality --data-root ../shared/data [--datasets movielens-100k,frappe]
         [--backbones fm,wide_deep,deepfm] [--seeds 0,1,2] [--workdir runs/quality]
-        [--output BENCHMARKS.md] [--samples criteo,avazu]
+        [--output BENCHMARKS.md] [--samples criteo,avazu] [--frontier 8,16,32]
 
 For each dataset (preprocessed once with the Beam job into WORKDIR/data/NAME), backbone and seed:
 FDE at 8, 16 and 32 (the frontier), RaS (random dims over the candidates), AutoDim-s and AutoDim
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 FRONTIER = (8, 16, 32)
-METHODS = tuple(f"fde{d}" for d in FRONTIER) + ("ras", "autodim_s", "autodim")
+SEARCHED = ("ras", "autodim_s", "autodim")
+METHODS = tuple(f"fde{d}" for d in FRONTIER) + SEARCHED
 INPUTS = {
     "movielens-100k": "movielens-100k",
     "frappe": "frappe/*.libfm",
@@ -75,17 +76,20 @@ def frontier_auc(points: list[tuple[float, float]], params: float) -> float:
     return float(np.interp(np.log(params), xs, ys))
 
 
-def summarise(results: dict) -> list[str]:
+def summarise(results: dict, frontier_dims=FRONTIER) -> list[str]:
     """results[(dataset, backbone)][method] = list of metrics over seeds -> markdown lines."""
-    lines = ["| dataset | backbone | method | test AUC | logloss | Params | % of FDE-32 | "
+    methods = tuple(f"fde{d}" for d in frontier_dims) + SEARCHED
+    widest = max(frontier_dims)
+    lines = ["| dataset | backbone | method | test AUC | logloss | Params | "
+             f"% of FDE-{widest} | "
              "vs FDE frontier | dims (seed 0) | dims Pearson across seeds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (dataset, backbone), by_method in results.items():
-        fde32 = np.mean([m["params"] for m in by_method.get("fde32", [])] or [np.nan])
+        fde_max = np.mean([m["params"] for m in by_method.get(f"fde{widest}", [])] or [np.nan])
         frontier = [(np.mean([m["params"] for m in by_method[f"fde{d}"]]),
                      np.mean([m["test_auc"] for m in by_method[f"fde{d}"]]))
-                    for d in FRONTIER if by_method.get(f"fde{d}")]
-        for method in METHODS:
+                    for d in frontier_dims if by_method.get(f"fde{d}")]
+        for method in methods:
             runs = by_method.get(method)
             if not runs:
                 continue
@@ -105,7 +109,7 @@ def summarise(results: dict) -> list[str]:
                 corr = f"{np.mean(cs):.2f}" if cs else "n/a (constant dims)"
             lines.append(
                 f"| {dataset} | {backbone} | {method} | {auc.mean():.4f} ± {auc.std():.4f} | "
-                f"{ll.mean():.4f} ± {ll.std():.4f} | {params:,.0f} | {100 * params / fde32:.1f}% | "
+                f"{ll.mean():.4f} ± {ll.std():.4f} | {params:,.0f} | {100 * params / fde_max:.1f}% | "
                 f"{vs} | {dims_text} | {corr} |")
     return lines
 
@@ -119,7 +123,11 @@ def main(argv=None) -> int:
                         help="datasets run with one seed (pipeline check only); '' for none")
     parser.add_argument("--backbones", default="fm,wide_deep,deepfm")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--methods", default=None,
+                        help=f"default: the FDE frontier and {','.join(SEARCHED)}")
+    parser.add_argument("--frontier", default=",".join(map(str, FRONTIER)),
+                        help="FDE dimensions that make the frontier (the issue's 8,16,32; add 2,4 "
+                             "to check small-dimension baselines)")
     parser.add_argument("--workdir", default="runs/quality")
     parser.add_argument("--output", default="BENCHMARKS.md")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -132,10 +140,17 @@ def main(argv=None) -> int:
         return 0
     work = Path(args.workdir)
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in METHODS]
+    try:
+        frontier = tuple(sorted(int(d) for d in args.frontier.split(",") if d))
+    except ValueError:
+        parser.error(f"--frontier must be comma-separated ints, got {args.frontier!r}")
+    if len(frontier) < 2 or min(frontier) < 1:
+        parser.error(f"--frontier needs at least two positive dimensions, got {args.frontier!r}")
+    known = tuple(f"fde{d}" for d in frontier) + SEARCHED
+    methods = [m for m in (args.methods or ",".join(known)).split(",") if m]
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        parser.error(f"unknown methods {unknown}; known: {list(METHODS)}")
+        parser.error(f"unknown methods {unknown}; known: {list(known)}")
     plan = [(d, seeds) for d in args.datasets.split(",") if d]
     plan += [(d, seeds[:1]) for d in args.samples.split(",") if d]
     results: dict = {}
@@ -154,11 +169,11 @@ def main(argv=None) -> int:
                           f"{m['test_auc']:.4f} logloss {m['test_logloss']:.4f} params "
                           f"{m['params']:,} ({m['wall_seconds']:.0f}s)", flush=True)
     command = "python -m benchmarks.quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    table = summarise(results)
+    table = summarise(results, frontier)
     text = ["## Quality (benchmarks.quality)", "", f"Command: `{command}`", "",
             "AUC/logloss: mean ± std over seeds on the test split; Params: the paper's metric "
             "(embedding parameters of the chosen dimensions); 'vs FDE frontier': AUC minus the "
-            "FDE-8/16/32 AUC interpolated (in log params) at the method's Params.", "", *table, ""]
+            f"FDE-{'/'.join(map(str, frontier))} AUC interpolated (in log params) at the method's Params.", "", *table, ""]
     Path(args.output).write_text("\n".join(text), encoding="utf-8")
     (work / "results.json").write_text(json.dumps(
         {f"{d}|{b}": v for (d, b), v in results.items()}, indent=1, default=str))

@@ -1,0 +1,46 @@
+"""The quality benchmark's arithmetic (frontier interpolation, the table) and its clean skip."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import quality
+
+
+def test_frontier_is_interpolated_in_log_params_and_flat_beyond_the_ends():
+    points = [(100.0, 0.70), (400.0, 0.80)]
+    assert quality.frontier_auc(points, 200.0) == pytest.approx(0.75)  # log-midpoint
+    assert quality.frontier_auc(points, 50.0) == pytest.approx(0.70)
+    assert quality.frontier_auc(points, 1000.0) == pytest.approx(0.80)
+
+
+def run(auc, params, dims=None):
+    return {"test_auc": auc, "test_logloss": 0.5, "params": params, "dims": dims or {}}
+
+
+def test_table_reports_means_shares_frontier_gaps_and_dims_correlation():
+    results = {("ml", "deepfm"): {
+        "fde2": [run(0.70, 100), run(0.72, 100)],
+        "fde8": [run(0.80, 400), run(0.80, 400)],
+        "autodim": [run(0.78, 200, {"a": 2, "b": 8, "c": 4}), run(0.76, 200, {"a": 2, "b": 16, "c": 8})],
+    }}
+    lines = quality.summarise(results, frontier_dims=(2, 8))
+    rows = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]}
+    assert set(rows) == {"fde2", "fde8", "autodim"}
+    ad = rows["autodim"]
+    assert ad[3] == "0.7700 ± 0.0100"
+    assert ad[5] == "200" and ad[6] == "50.0%"
+    # frontier at 200 params: log-midpoint of (100, 0.71) and (400, 0.80) = 0.755
+    assert float(ad[7]) == pytest.approx(0.77 - 0.755, abs=1e-4)
+    assert ad[8] == "2 8 4"
+    assert float(ad[9]) == pytest.approx(np.corrcoef([2, 8, 4], [2, 16, 8])[0, 1], abs=0.01)
+
+
+def test_missing_data_root_skips_and_bad_frontier_is_refused(tmp_path, capsys):
+    assert quality.main(["--data-root", str(tmp_path / "absent")]) == 0
+    assert "skipped" in capsys.readouterr().out
+    (tmp_path / "root").mkdir()
+    with pytest.raises(SystemExit):
+        quality.main(["--data-root", str(tmp_path / "root"), "--frontier", "8"])
+    with pytest.raises(SystemExit):
+        quality.main(["--data-root", str(tmp_path / "root"), "--methods", "fde4"])
