@@ -1,7 +1,7 @@
 """`python -m pipeline.export`: a retrained model_dir -> a TF Serving SavedModel version.
 
     python -m pipeline.export --model_dir DIR --export_dir EXPORTS [--name NAME]
-        [--data_dir DATA] [--warmup_rows 8]
+        [--data_dir DATA] [--warmup_rows 8] [--no_fold]
 
 Writes `EXPORTS/NAME/<version>/` (NAME defaults to the dataset name; version = 1 + the largest
 integer version present, never overwriting one). The SavedModel is written to a hidden temporary
@@ -18,6 +18,11 @@ Contents:
   input recorded in DATA/stats.json, when those files still exist) or, failing that, synthesised
   from the vocabularies (most frequent tokens; for numeric fields a raw number of the bucket).
   `assets.extra/export.json` records which, plus the source model_dir and spec.
+
+A DeepFM or W&D re-trained with `retrain.mlp_input=unified` is exported with its per-field
+projections folded into the first MLP layer (models/folding.py): the same logits (the skew tests
+hold it to 1e-5), a first layer of sum d_m instead of M x E inputs, no projections for W&D.
+`--no_fold` exports the model as trained; export.json records `folded_mlp_input`.
 
 The preprocessing output (`data_dir` of model_spec.json) must be the one the model was trained
 on: its schema_hash must equal the spec's (override the path with --data_dir when it moved).
@@ -216,7 +221,7 @@ def build_module(model, schema: DataSchema, data_dir: Path, extra_assets=()):
 
 def export(model_dir: str | Path, export_dir: str | Path, name: str | None = None, *,
            data_dir: str | Path | None = None, warmup_rows: int = DEFAULT_WARMUP_ROWS,
-           log=print) -> Path:
+           fold: bool = True, log=print) -> Path:
     """Exports model_dir; returns the new version directory."""
     import tensorflow as tf
 
@@ -226,6 +231,11 @@ def export(model_dir: str | Path, export_dir: str | Path, name: str | None = Non
     if not name or "/" in name or name.startswith("."):
         raise ExportError(f"--name must be a plain directory name, got {name!r}")
     model = load_keras_model(model_dir)
+    from models.folding import can_fold, fold_mlp_input
+
+    folded = fold and can_fold(model)
+    if folded:
+        model = fold_mlp_input(model)
     module = build_module(model, schema, data_dir,
                           extra_assets=[str(data_dir / SCHEMA_FILE), str(model_dir / SPEC_FILE)])
 
@@ -251,6 +261,7 @@ def export(model_dir: str | Path, export_dir: str | Path, name: str | None = Non
                 "field_names": list(schema.field_names),
                 "field_kinds": [f.kind for f in schema.fields], "model_spec": spec,
                 "warmup_requests": count, "warmup_source": warmup_source,
+                "folded_mlp_input": folded,
                 "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / "assets.extra" / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n",
                                                         encoding="utf-8")
@@ -278,12 +289,14 @@ def main(argv=None) -> int:
     parser.add_argument("--data_dir", default=None,
                         help="preprocessing output (default: model_spec.json's data_dir)")
     parser.add_argument("--warmup_rows", type=int, default=DEFAULT_WARMUP_ROWS)
+    parser.add_argument("--no_fold", action="store_true",
+                        help="export the model as trained (no folding of the MLP input projections)")
     args = parser.parse_args(argv)
     if args.warmup_rows < 1:
         parser.error(f"--warmup_rows must be >= 1, got {args.warmup_rows}")
     try:
         export(args.model_dir, args.export_dir, args.name, data_dir=args.data_dir,
-               warmup_rows=args.warmup_rows)
+               warmup_rows=args.warmup_rows, fold=not args.no_fold)
     except (ExportError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

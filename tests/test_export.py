@@ -139,7 +139,10 @@ def test_savedmodel_probabilities_equal_keras_on_tfrecords(served, loaded):
 
     import models.factory  # noqa: F401
 
-    raw, data, model_dir, _ = served
+    raw, data, model_dir, version = served
+    # The fixture's model is a unified-input DeepFM: the export folded its projections into the
+    # first MLP layer (models/folding.py), so this also checks the folding end to end.
+    assert json.loads((version / "assets.extra" / "export.json").read_text())["folded_mlp_input"] is True
     values = [r[1] for r in test_split_rows(raw)]
     out = loaded.signatures["serving_default"](**_columns(values))
     ids = loaded.signatures["transform"](**_columns(values))["ids"].numpy()

@@ -13,6 +13,7 @@ import tensorflow as tf
 from models.backbones.nfm import NFM
 from models.ctr_model import CTRModel
 from models.factory import build_backbone, build_retrain_model, build_search_model, effective_mlp_input
+from models.folding import can_fold, fold_mlp_input
 from models.mixed_embedding import MixedDimEmbedding
 
 VOCAB = [5, 7, 3, 4, 6]
@@ -70,6 +71,32 @@ def test_raw_mlp_input_is_a_reparameterisation_of_the_unified_model(backbone):
     got = raw(IDS, training=False).numpy()
     assert want.std() > 0.1  # the comparison is not between near-constant outputs
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone,unify", [("deepfm", "linear"), ("wide_deep", "linear"),
+                                            ("deepfm", "zero_pad"), ("wide_deep", "zero_pad")])
+def test_fold_mlp_input_serves_the_same_logits(backbone, unify):
+    unified = build_retrain_model(backbone, VOCAB, DIMS, unify=unify, mlp_input="unified",
+                                  hidden_units=(16, 8), dropout=0.2)
+    unified(IDS)
+    randomise(unified)
+    assert can_fold(unified)
+    folded = fold_mlp_input(unified)
+    assert folded.mlp_input == "raw" and not can_fold(folded)
+    assert tuple(folded.backbone.mlp.dense_layers[0].kernel.shape) == (sum(DIMS), 16)
+    want = unified(IDS, training=False).numpy()
+    assert want.std() > 0.1
+    np.testing.assert_allclose(folded(IDS, training=False).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_fold_mlp_input_refuses_what_it_cannot_fold():
+    fm = build_retrain_model("fm", VOCAB, DIMS)
+    fde = build_retrain_model("deepfm", VOCAB, [8] * len(VOCAB), unify="zero_pad", hidden_units=(8,))
+    for model in (fm, fde, build_search_model("deepfm", VOCAB, (2, 4), hidden_units=(8,))):
+        model(IDS)
+        assert not can_fold(model)
+    with pytest.raises(ValueError, match="no foldable unified MLP input"):
+        fold_mlp_input(fm)
 
 
 def test_raw_mlp_input_shapes_and_parameters():
