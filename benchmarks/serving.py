@@ -7,7 +7,7 @@ models on it and exports both with pipeline.export:
 - AutoDim-like: mixed dims (most fields 2..8, a few 24..32, projected to 32 with per-field
   linear transforms for the FM term: `unify=linear`, `mlp_input=raw`, what pipeline.retrain
   trains with a search's dims.json by default; `--mlp_input unified` feeds the MLP the projected
-  embeddings instead);
+  embeddings instead, which pipeline.export folds into the first MLP layer unless `--no_fold`);
 - FDE-32: every field at 32 with `unify=zero_pad` (a plain embedding, no projection).
 
 Weights are untrained (latency and size do not depend on their values). Both SavedModels are
@@ -101,6 +101,8 @@ def main(argv=None) -> int:
     parser.add_argument("--calls_b2000", type=int, default=100)
     parser.add_argument("--mlp_input", choices=("raw", "unified"), default="raw",
                         help="the AutoDim model's MLP input (retrain's default: raw)")
+    parser.add_argument("--no_fold", action="store_true",
+                        help="export the unified AutoDim model without folding its projections")
     parser.add_argument("--keep", default=None, help="work directory to keep (default: temp)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
         results, fns = {}, {}
         for name, (dims, unify, mlp_input) in variants.items():
             model_dir = build_model_dir(data, root / f"model_{name}", dims, unify, mlp_input)
-            version = export(model_dir, root / "exports", name, log=lambda *_: None)
+            version = export(model_dir, root / "exports", name, fold=not args.no_fold, log=lambda *_: None)
             fns[name] = tf.saved_model.load(str(version)).signatures["serving_default"]
             emb = sum(f.vocab_size * d for f, d in zip(schema.fields, dims))
             results[name] = {"size": du(version), "params": emb, "unify": unify}
