@@ -117,9 +117,22 @@ class ExampleEncoder:
         n = len(body)
         return (self._prefix[n] if n < _LEN_CACHE else b"\x0a" + varint(n)) + body
 
-    def encode_all(self, records: Iterable[tuple[Sequence[str], float]]) -> list[bytes]:
-        encode = self.encode
-        return [encode(tokens, label) for tokens, label in records]
+    def encode_all(self, records: Sequence[tuple[Sequence[str], float]]) -> list[bytes]:
+        """`encode` of each record, column by column: one C-level map per feature over the
+        records' tokens, then one join per record (the same bytes, fewer Python calls)."""
+        if not records:
+            return []
+        columns = list(zip(*[tokens for tokens, _ in records]))
+        columns.append([label for _, label in records])
+        columns = self._pick(columns)
+        if len(self._tables) == 1:
+            columns = (columns,)
+        entries = [list(map(table.__getitem__, column))
+                   for table, column in zip(self._tables, columns)]
+        bodies = list(map(b"".join, zip(*entries)))
+        if max(map(len, bodies)) >= _LEN_CACHE:  # no precomputed length prefix
+            return [self.encode(tokens, label) for tokens, label in records]
+        return list(map(operator.add, map(self._prefix.__getitem__, map(len, bodies)), bodies))
 
 
 # ----------------------------------------------------------------------------- TFRecord framing

@@ -125,6 +125,7 @@ class FieldEncoder:
         grouped = numeric + categorical
         self._order = (None if grouped == sorted(grouped)
                        else _getter([grouped.index(i) for i in range(len(grouped))]))
+        self.field_columns = tuple(index for index, _, _ in self._plan)  # spec order
 
     def tokens(self, values: Sequence[str | None]) -> tuple[str, ...]:
         raw = self._num_pick(values)
@@ -141,6 +142,39 @@ class FieldEncoder:
         else:
             out += map(_categorical, raw)
         return tuple(out) if self._order is None else self._order(out)
+
+    def column_tokens(self, columns: Sequence[Sequence[str]]) -> tuple[list[list], set[int]]:
+        """Raw values column by column (one sequence per field, spec order, all of the same
+        length) -> the token columns and the row positions holding a non-number in a numeric
+        field (left as None in that column). Tokens are those of `tokens`, row for row, with
+        C-level maps per column: numeric columns through the same bounded cache, categorical
+        columns without any whitespace as they are (or MISSING_TOKEN for "")."""
+        out, bad = [], set()
+        for (_, _, rule), column in zip(self._plan, columns):
+            if rule is _numeric:
+                tokens = list(map(self._num_cache.get, column))
+                if None in tokens:
+                    self._fill_numeric_column(column, tokens, bad)
+            else:
+                joined = "".join(column)
+                if " " not in joined and joined.isprintable():
+                    tokens = list(map(_CLEAN_CATEGORICAL.get, column, column))
+                else:
+                    tokens = list(map(_categorical, column))
+            out.append(tokens)
+        return out, bad
+
+    def _fill_numeric_column(self, column: Sequence[str], tokens: list, bad: set) -> None:
+        cache = self._num_cache
+        for i in [i for i, token in enumerate(tokens) if token is None]:
+            value = column[i]
+            try:
+                tokens[i] = token = _numeric(value)
+            except ValueError:
+                bad.add(i)
+                continue
+            if len(cache) < _CACHE_ENTRIES:
+                cache[value] = token
 
     def _fill_numeric(self, raw: Sequence[str | None], out: list) -> None:
         for i, token in enumerate(out):
@@ -176,10 +210,17 @@ def _columns(text: str, sep: str, expected: int, what: str) -> list[str]:
 
 
 class LineParser:
-    """Base of the single-file formats: `split(text, line_no)` -> (values, label) or None."""
+    """Base of the single-file formats: `split(text, line_no)` -> (values, label) or None.
+
+    `plain_delimiter` set: every line is exactly len(columns) values separated by that
+    character (no quoting, no header) and column `label_column` holds the label, one of
+    `labels` (after strip); preprocessing.columnar then reads a chunk of lines at once."""
 
     encoding = "utf-8"
     columns: tuple[str, ...] = ()
+    plain_delimiter: str | None = None
+    label_column = 0
+    labels: dict[str, float] = {}
 
     def __init__(self, spec: DatasetSpec):
         self.spec = spec
@@ -200,10 +241,11 @@ class CriteoParser(LineParser):
     """Kaggle Criteo TSV: label, I1..I13, C1..C26; exactly 40 columns, empty = missing."""
 
     columns = CRITEO_COLUMNS
+    plain_delimiter = "\t"
 
     def __init__(self, spec):
         super().__init__(spec)
-        self._labels = _label_map(spec)
+        self._labels = self.labels = _label_map(spec)
 
     def split(self, text, line_no):
         values = _columns(text, "\t", 40, "a Criteo row")

@@ -7,7 +7,9 @@ Two passes over the input, both streaming (nothing is materialised between steps
 Parsing twice costs CPU, but a single pass would make the runner hold every parsed record until
 the vocabularies are known (on the DirectRunner: the whole dataset in memory).
 Rows travel in chunks of CHUNK_ROWS lines of one file (see transforms), so the runner's
-per-element cost is paid per chunk; dead letters are still one element per bad line.
+per-element cost is paid per chunk; dead letters are still one element per bad line. Plain
+delimited formats (Criteo) are parsed a chunk at a time (preprocessing.columnar), the lines that
+need a closer look one by one by the same row parser as the other formats.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from configs.features import SPLITS, DatasetSpec
 from configs.preprocess import PreprocessConfig
-from preprocessing import formats, transforms
+from preprocessing import columnar, formats, transforms
 
 MOVIELENS = ("movielens-1m", "movielens-100k")
 CHUNK_ROWS = 1000
@@ -133,7 +135,7 @@ def build(p: beam.Pipeline, spec: DatasetSpec, cfg: PreprocessConfig, inputs: Jo
     seed = cfg.split.seed
     names = spec.field_names
     min_counts = [spec.min_count(f) for f in spec.fields]
-    dead, counts, side = [], [], {}
+    dead, counts, side, reader = [], [], {}, None
 
     def read(label: str, only_split: int | None):
         if inputs.tfds_name:
@@ -160,17 +162,19 @@ def build(p: beam.Pipeline, spec: DatasetSpec, cfg: PreprocessConfig, inputs: Jo
     else:
         parser = formats.line_parser(spec)
         parse, encoding, patterns = _LineParse(parser), parser.encoding, list(inputs.patterns)
+        reader = columnar.PlainChunkReader.of(parser)  # None unless plain delimited
 
     # Pass 1: vocabularies from the training split.
     vocabs = (read("ReadTrainingLines", 0)
               | "ParseTrainingLines" >> transforms.ParseRecords(
-                  parse, encoding, report_counts=False, **side))["train"] \
+                  parse, encoding, report_counts=False, chunk_reader=reader, **side))["train"] \
         | "ComputeVocabularies" >> transforms.ComputeVocabularies(names, min_counts)
     counts.append(vocabs | "WriteVocabularies" >> transforms.WriteVocabularies(out_dir))
 
     # Pass 2: every record, encoded per split.
     records = (read("ReadLines", None)
-               | "ParseRecords" >> transforms.ParseRecords(parse, encoding, **side))
+               | "ParseRecords" >> transforms.ParseRecords(parse, encoding, chunk_reader=reader,
+                                                           **side))
     dead.append(records[transforms.DEADLETTER])
     counts.append(records[transforms.COUNTS])
     for split in SPLITS:

@@ -206,9 +206,11 @@ class _ParseFn(beam.DoFn):
     or raises MalformedRecord. Empty lines are skipped and counted as `blank`."""
 
     def __init__(self, parse: Callable, encoding: str | None, count_prefix: str,
-                 report_counts: bool, keyed: bool = False):
+                 report_counts: bool, keyed: bool = False,
+                 chunk_reader: Callable | None = None):
         self._parse, self._encoding = parse, encoding
         self._prefix, self._report, self._keyed = count_prefix, report_counts, keyed
+        self._reader = chunk_reader
 
     def start_bundle(self):
         self._counts = _BundleCounts(NAMESPACE if self._report else NAMESPACE + "_vocab_pass",
@@ -235,12 +237,29 @@ class _ParseFn(beam.DoFn):
             return "header", None
         return ("main" if self._keyed else SPLITS[split]), parsed
 
+    def _tagged(self, lines: list, side: dict):
+        """(tag, value) per line of a chunk: the lines the chunk reader reads at once, the
+        others (and all lines without a reader) through `_one`."""
+        if self._reader is None or self._encoding is None or self._keyed or side:
+            for split, path, line_no, raw in lines:
+                yield self._one(split, path, line_no, raw, side)
+            return
+        flags, records = self._reader(_decode_lines([line[3] for line in lines],
+                                                    self._encoding))
+        records = iter(records)
+        if flags is None:
+            for line, record in zip(lines, records):
+                yield SPLITS[line[0]], record
+            return
+        for (split, path, line_no, raw), read in zip(lines, flags):
+            yield (SPLITS[split], next(records)) if read else self._one(
+                split, path, line_no, raw, side)
+
     def process(self, element, **side):
         chunked = isinstance(element, list)
         groups: dict[str, list] = {}
         tally = dict.fromkeys(("blank", "header", DEADLETTER), 0)
-        for split, path, line_no, raw in (element if chunked else (element,)):
-            tag, value = self._one(split, path, line_no, raw, side)
+        for tag, value in self._tagged(element if chunked else [element], side):
             if tag in tally:
                 tally[tag] += 1
                 if tag == DEADLETTER:
@@ -271,14 +290,36 @@ class _ParseFn(beam.DoFn):
         yield from self._counts.finish()
 
 
+def _decode_lines(raws: list[bytes], encoding: str) -> list[str]:
+    """Each line decoded; "" for a line that does not decode (left to the row parser). One
+    decode for the whole chunk when it can (newline is one byte in the job's encodings, so
+    the joined text splits back into the same lines)."""
+    try:
+        texts = b"\n".join(raws).decode(encoding).split("\n")
+        if len(texts) == len(raws):
+            return texts
+    except UnicodeDecodeError:
+        pass
+    texts = []
+    for raw in raws:
+        try:
+            texts.append(raw.decode(encoding))
+        except UnicodeDecodeError:
+            texts.append("")
+    return texts
+
+
 class ParseRecords(beam.PTransform):
     """Lines -> tagged outputs: one per split ("train", "valid", "test"; or "main" when `keyed`,
-    for side tables), "deadletter" (dicts) and "counts"."""
+    for side tables), "deadletter" (dicts) and "counts". `chunk_reader` (optional, e.g.
+    columnar.PlainChunkReader): reads the decoded lines of a chunk at once, giving the records
+    `parse` gives; the lines it flags go through `parse`."""
 
     def __init__(self, parse: Callable, encoding: str | None, count_prefix: str = "",
-                 report_counts: bool = True, keyed: bool = False, **side_inputs):
+                 report_counts: bool = True, keyed: bool = False,
+                 chunk_reader: Callable | None = None, **side_inputs):
         super().__init__()
-        self._fn = _ParseFn(parse, encoding, count_prefix, report_counts, keyed)
+        self._fn = _ParseFn(parse, encoding, count_prefix, report_counts, keyed, chunk_reader)
         self._keyed, self._side = keyed, side_inputs
 
     def expand(self, lines):
@@ -484,12 +525,13 @@ class EncodeExamples(beam.PTransform):
 # ----------------------------------------------------------------------------- writing
 
 class _GzipFile:
-    """A GZIP stream at a chosen level over a Beam filesystem file (closes both; mtime 0 keeps
-    the bytes identical between runs)."""
+    """A GZIP stream at a chosen level over a Beam filesystem file (closes both). mtime 0 and an
+    empty file name in the header (by default gzip writes the temporary file's random name) keep
+    the bytes identical between runs."""
 
     def __init__(self, raw, level: int):
         self._raw = raw
-        self._gz = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0)
+        self._gz = gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=level, mtime=0)
 
     def write(self, data: bytes) -> None:
         self._gz.write(data)

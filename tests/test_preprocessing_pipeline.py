@@ -148,6 +148,12 @@ def test_two_runs_identical(criteo_file, tmp_path):
     assert (a / "schema.json").read_bytes() == (b / "schema.json").read_bytes()
     for split in ("train", "valid", "test"):
         assert sorted(_records(a / split)[0]) == sorted(_records(b / split)[0])
+        # one input file: the shard files themselves are byte-identical (no name or time in the
+        # GZIP header)
+        shards = sorted(os.listdir(a / split))
+        assert shards and shards == sorted(os.listdir(b / split))
+        for shard in shards:
+            assert (a / split / shard).read_bytes() == (b / split / shard).read_bytes(), shard
 
 
 def test_refusals_and_errors(criteo_file, tmp_path):
