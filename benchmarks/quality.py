@@ -24,7 +24,6 @@ import numpy as np
 
 FRONTIER = (8, 16, 32)
 SEARCHED = ("ras", "autodim_s", "autodim")
-METHODS = tuple(f"fde{d}" for d in FRONTIER) + SEARCHED
 INPUTS = {
     "movielens-100k": "movielens-100k",
     "frappe": "frappe/*.libfm",

@@ -10,7 +10,7 @@ from models.backbones.fm import FM
 from models.backbones.ipnn import IPNN
 from models.backbones.nfm import NFM
 from models.backbones.wide_deep import WideDeep
-from models.ctr_model import CTRModel
+from models.ctr_model import MLP_INPUTS, CTRModel
 from models.mixed_embedding import MixedDimEmbedding
 from models.search_embedding import AutoDimEmbedding
 
@@ -97,6 +97,6 @@ def effective_mlp_input(backbone: str, mlp_input: str) -> str:
     """`mlp_input` if the backbone supports it, else "unified" (FM, NFM, IPNN, AutoInt, DCNv2)."""
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; known backbones: {sorted(BACKBONES)}")
-    if mlp_input not in ("unified", "raw"):
+    if mlp_input not in MLP_INPUTS:
         raise ValueError(f"mlp_input must be 'unified' or 'raw', got {mlp_input!r}")
     return mlp_input if getattr(BACKBONES[backbone][0], "raw_mlp_input", False) else "unified"

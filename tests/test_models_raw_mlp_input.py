@@ -1,8 +1,9 @@
 """`mlp_input="raw"`: the MLP of DeepFM / W&D reads the per-field embeddings at their own dims.
 
 The claim in models/ctr_model.py is that this is a re-parameterisation of the unified model (the
-first MLP layer is linear), so the tests build a unified model, map its weights onto a raw model
-(first-layer kernel rows W_m K_m, bias b + sum_m b_m K_m) and require the same logits.
+first MLP layer is linear), so the tests build a unified model, fold its weights into a raw model
+(models/folding.py: first-layer kernel rows W_m K_m, bias b + sum_m b_m K_m) and require the same
+logits.
 """
 from __future__ import annotations
 
@@ -28,49 +29,6 @@ def randomise(model):
     for v in model.variables:
         v.assign(rng.normal(0.0, 0.3, v.shape).astype(np.float32) + (1.0 if "variance" in v.path else 0.0))
     return model
-
-
-def fold_into_raw(unified, raw):
-    """Copies `unified`'s weights into `raw`, folding the projections into the first MLP layer."""
-    ue, re_ = unified.embedding, raw.embedding
-    for src, dst in zip(ue.embedding_variables, re_.embedding_variables):
-        dst.assign(src.value)
-    if re_.kernels:  # DeepFM keeps the projections for its FM term
-        for src, dst in zip(ue.transform_variables, re_.transform_variables):
-            dst.assign(src.value)
-    if unified.first_order is not None:
-        for src, dst in zip(unified.first_order.variables, raw.first_order.variables):
-            dst.assign(src.value)
-    umlp, rmlp = unified.backbone.mlp, raw.backbone.mlp
-    kernel = umlp.dense_layers[0].kernel.numpy()  # [M * E, H]
-    bias = umlp.dense_layers[0].bias.numpy().copy()
-    rows = []
-    for m, (gi, j) in enumerate(ue._tables.slots):
-        w = ue.kernels[gi].numpy()[j]  # [d_m, E]
-        b = ue.biases[gi].numpy()[j]  # [E]
-        k_m = kernel[m * E:(m + 1) * E]  # [E, H]
-        rows.append(w @ k_m)
-        bias += b @ k_m
-    rmlp.dense_layers[0].kernel.assign(np.concatenate(rows, axis=0))
-    rmlp.dense_layers[0].bias.assign(bias)
-    for src, dst in zip(umlp.variables, rmlp.variables):
-        if src is not umlp.dense_layers[0].kernel and src is not umlp.dense_layers[0].bias:
-            dst.assign(src.value)
-
-
-@pytest.mark.parametrize("backbone", ["deepfm", "wide_deep"])
-def test_raw_mlp_input_is_a_reparameterisation_of_the_unified_model(backbone):
-    unified = build_retrain_model(backbone, VOCAB, DIMS, unify="linear", mlp_input="unified",
-                                  hidden_units=(16, 8), dropout=0.0)
-    raw = build_retrain_model(backbone, VOCAB, DIMS, unify="linear", mlp_input="raw",
-                              hidden_units=(16, 8), dropout=0.0)
-    unified(IDS), raw(IDS)
-    randomise(unified)
-    fold_into_raw(unified, raw)
-    want = unified(IDS, training=False).numpy()
-    got = raw(IDS, training=False).numpy()
-    assert want.std() > 0.1  # the comparison is not between near-constant outputs
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("backbone,unify", [("deepfm", "linear"), ("wide_deep", "linear"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import keras
-import tensorflow as tf
 
 from models.backbones._shape import check_embedding_shape
 from models.backbones.fm import fm_interaction

@@ -33,5 +33,3 @@ class WideDeep(MLPBackbone):
         flat = tf.reshape(embeddings, [-1, embeddings.shape[1] * embeddings.shape[2]])
         return self.mlp_logit(flat, training=training)
 
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0],)
