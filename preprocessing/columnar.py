@@ -13,9 +13,14 @@ compare them).
 from __future__ import annotations
 
 import itertools
+import operator
 from typing import Sequence
 
+from configs.features import MISSING_TOKEN
 from preprocessing.formats import LineParser
+
+EMPTY_MISSING = ""  # in a RecordChunk token column: MISSING_TOKEN
+_MISSING = {EMPTY_MISSING: MISSING_TOKEN}
 
 
 class PlainChunkReader:
@@ -40,6 +45,14 @@ class PlainChunkReader:
         return cls(parser) if getattr(parser, "plain_delimiter", None) else None
 
     def __call__(self, texts: Sequence[str]) -> tuple[list[bool] | None, list[tuple]]:
+        flags, columns, labels = self.read_columns(texts)
+        return flags, list(zip(zip(*columns), labels)) if labels else []
+
+    def read_columns(self, texts: Sequence[str], missing_as_empty: bool = False
+                     ) -> tuple[list[bool] | None, list[list[str]], list[float]]:
+        """Like calling the reader, with the records given column-wise: (flags, one token list
+        per field, the labels). `missing_as_empty`: a missing categorical value stays "" (read
+        as MISSING_TOKEN by RecordChunk's consumers) instead of a map per column."""
         sep, width = self._sep, self._width
         flags = None
         counts = list(map(str.count, texts, itertools.repeat(sep)))
@@ -47,10 +60,11 @@ class PlainChunkReader:
             flags = [n == width - 1 for n in counts]
             texts = list(itertools.compress(texts, flags))
         if not texts:
-            return flags, []
+            return flags, [], []
         values = sep.join(texts).split(sep)
         labels = list(map(self._labels.get, values[self._label_column::width]))
-        columns, bad = self._encoder.column_tokens([values[c::width] for c in self._fields])
+        columns, bad = self._encoder.column_tokens([values[c::width] for c in self._fields],
+                                                   missing_as_empty)
         if None in labels:
             bad.update(i for i, label in enumerate(labels) if label is None)
         if bad:
@@ -62,4 +76,46 @@ class PlainChunkReader:
             else:
                 kept = iter(keep)
                 flags = [flag and next(kept) for flag in flags]
-        return flags, list(zip(zip(*columns), labels))
+        return flags, columns, labels
+
+
+class RecordChunk:
+    """Parsed records of one chunk stored column-wise: `columns` (one token sequence per field,
+    in spec order) and `labels`. Counting and encoding work on columns, so the job never builds a
+    tuple per record on its fast path; iterating gives the `(tokens, label)` records.
+
+    A token column may hold "" (EMPTY_MISSING) for MISSING_TOKEN: "" is never a token (both
+    token rules map it to MISSING_TOKEN), and leaving it saves the chunk reader a map per
+    column. Iterating, counting (transforms) and encoding (ExampleEncoder.encode_columns) read
+    it as MISSING_TOKEN."""
+
+    __slots__ = ("columns", "labels")
+
+    def __init__(self, columns: list, labels: list):
+        self.columns, self.labels = columns, labels
+
+    @classmethod
+    def from_records(cls, records: Sequence[tuple]) -> "RecordChunk":
+        return cls([list(c) for c in zip(*[tokens for tokens, _ in records])],
+                   [label for _, label in records])
+
+    def select(self, indices: Sequence[int]) -> "RecordChunk":
+        """The records at `indices`, in that order."""
+        pick = operator.itemgetter(*indices) if len(indices) > 1 else (
+            lambda seq: (seq[indices[0]],))
+        return RecordChunk(list(map(pick, self.columns)), list(pick(self.labels)))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self):
+        columns = [list(map(_MISSING.get, c, c)) if EMPTY_MISSING in c else c
+                   for c in self.columns]
+        rows = zip(*columns) if columns else itertools.repeat(())
+        return zip(rows, self.labels)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RecordChunk) and list(self) == list(other)
+
+    def __reduce__(self):
+        return RecordChunk, (self.columns, self.labels)

@@ -20,6 +20,8 @@ from bisect import bisect_right
 import re
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from configs.features import (AVAZU_COLUMNS, FRAPPE_FIELDS, MOVIELENS_FIELDS, DatasetSpec,
                               MISSING_TOKEN, categorical_token, numeric_token)
 from configs.loader import ConfigError
@@ -55,36 +57,44 @@ _CACHE_ENTRIES = 1 << 17
 _CLEAN_CATEGORICAL = {"": MISSING_TOKEN}  # categorical_token of whitespace-free values
 
 
-def split_index(source: str, line_no: int, fractions: Sequence[float], seed: int) -> int:
-    """0 (train), 1 (valid) or 2 (test) from a seeded hash of (file basename, line number).
-
-    hashlib, not hash(): the same on every run, process and machine."""
-    digest = hashlib.blake2b(f"{seed}\x00{source}\x00{line_no}".encode(), digest_size=8).digest()
-    u = int.from_bytes(digest, "big") / 2.0 ** 64
-    cumulative = 0.0
-    for i, fraction in enumerate(fractions[:-1]):
+def _bounds(fractions: Sequence[float]) -> list[float]:
+    bounds, cumulative = [], 0.0
+    for fraction in fractions[:-1]:
         cumulative += fraction
-        if u < cumulative:
-            return i
-    return len(fractions) - 1
+        bounds.append(cumulative)
+    return bounds
+
+
+def split_index(source: str, line_no: int, fractions: Sequence[float], seed: int) -> int:
+    """Deterministic split of line `line_no` of file `source` (0 train, 1 valid, 2 test): a
+    64-bit blake2b of (seed, source, line_no) as u in [0, 1), then the first split whose
+    cumulative fraction exceeds u. hashlib, not hash(): the same on every run, process and
+    machine."""
+    digest = hashlib.blake2b(f"{seed}\x00{source}\x00{line_no}".encode(), digest_size=8).digest()
+    return bisect_right(_bounds(fractions), int.from_bytes(digest, "big") / 2.0 ** 64)
 
 
 class SplitAssigner:
-    """`split_index` for the lines of one file with the constant part of the hashed key
-    (`seed\0source\0`) encoded once and the cumulative fractions precomputed; the same result
-    bit for bit (tests compare them)."""
+    """`split_index` of many consecutive lines of one file at once: the constant part of the
+    hashed key (`seed\0source\0`) encoded once, one C-level digest per line, and the rest
+    (bytes -> u -> split) in numpy. The same result bit for bit (tests compare them): the
+    uint64 -> float64 conversion rounds to nearest like Python's int / float division, and the
+    scaling by 2^-64 is exact."""
 
     def __init__(self, source: str, fractions: Sequence[float], seed: int):
         self._prefix = f"{seed}\x00{source}\x00".encode()
-        bounds, cumulative = [], 0.0
-        for fraction in fractions[:-1]:
-            cumulative += fraction
-            bounds.append(cumulative)
-        self._bounds = bounds
+        self._bounds = np.asarray(_bounds(fractions), np.float64)
+
+    def many(self, first: int, n: int) -> np.ndarray:
+        """Splits (int64) of lines first, first + 1, ..., first + n - 1."""
+        blake, prefix = hashlib.blake2b, self._prefix
+        digests = b"".join([blake(b"%s%d" % (prefix, i), digest_size=8).digest()
+                            for i in range(first, first + n)])
+        u = np.frombuffer(digests, dtype=">u8").astype(np.float64) * 2.0 ** -64
+        return np.searchsorted(self._bounds, u, side="right")
 
     def __call__(self, line_no: int) -> int:
-        digest = hashlib.blake2b(b"%s%d" % (self._prefix, line_no), digest_size=8).digest()
-        return bisect_right(self._bounds, int.from_bytes(digest, "big") / 2.0 ** 64)
+        return int(self.many(line_no, 1)[0])
 
 
 def _getter(indices: Sequence[int]) -> Callable[[Sequence], tuple]:
@@ -143,12 +153,14 @@ class FieldEncoder:
             out += map(_categorical, raw)
         return tuple(out) if self._order is None else self._order(out)
 
-    def column_tokens(self, columns: Sequence[Sequence[str]]) -> tuple[list[list], set[int]]:
+    def column_tokens(self, columns: Sequence[Sequence[str]], missing_as_empty: bool = False
+                      ) -> tuple[list[list], set[int]]:
         """Raw values column by column (one sequence per field, spec order, all of the same
         length) -> the token columns and the row positions holding a non-number in a numeric
         field (left as None in that column). Tokens are those of `tokens`, row for row, with
         C-level maps per column: numeric columns through the same bounded cache, categorical
-        columns without any whitespace as they are (or MISSING_TOKEN for "")."""
+        columns without any whitespace as they are (or MISSING_TOKEN for ""; left as "" with
+        `missing_as_empty`, which RecordChunk's consumers read as MISSING_TOKEN)."""
         out, bad = [], set()
         for (_, _, rule), column in zip(self._plan, columns):
             if rule is _numeric:
@@ -158,7 +170,9 @@ class FieldEncoder:
             else:
                 joined = "".join(column)
                 if " " not in joined and joined.isprintable():
-                    tokens = list(map(_CLEAN_CATEGORICAL.get, column, column))
+                    # whitespace-free values are their own tokens, "" is MISSING_TOKEN
+                    tokens = (list(map(_CLEAN_CATEGORICAL.get, column, column))
+                              if not missing_as_empty and "" in column else list(column))
                 else:
                     tokens = list(map(_categorical, column))
             out.append(tokens)

@@ -7,9 +7,11 @@ Two passes over the input, both streaming (nothing is materialised between steps
 Parsing twice costs CPU, but a single pass would make the runner hold every parsed record until
 the vocabularies are known (on the DirectRunner: the whole dataset in memory).
 Rows travel in chunks of CHUNK_ROWS lines of one file (see transforms), so the runner's
-per-element cost is paid per chunk; dead letters are still one element per bad line. Plain
-delimited formats (Criteo) are parsed a chunk at a time (preprocessing.columnar), the lines that
-need a closer look one by one by the same row parser as the other formats.
+per-element cost is paid per chunk; dead letters are still one element per bad line. Files are
+read in 1 MB blocks with the splits of a block's lines hashed at once (LineChunk). Plain
+delimited formats (Criteo) are parsed a chunk at a time into column-wise RecordChunks
+(preprocessing.columnar) that counting and encoding read column by column; the lines that need
+a closer look go one by one through the same row parser as the other formats.
 """
 from __future__ import annotations
 

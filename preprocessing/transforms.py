@@ -2,8 +2,10 @@
 
 Elements between steps:
 - lines: `(split_index, path, line_no, raw)`; raw is the line's bytes without terminator (or a
-  dict of numpy values for TFDS input),
-- records: `(tokens, label)` per split, tokens in DatasetSpec field order,
+  dict of numpy values for TFDS input); chunks of lines of one file are LineChunks (the same
+  lines, stored column-wise),
+- records: `(tokens, label)` per split, tokens in DatasetSpec field order; chunks of records
+  are RecordChunks (columnar.RecordChunk: one token column per field and the labels),
 - examples: serialized tf.train.Example bytes,
 - chunks: a Python list of lines, records or examples. The readers emit chunks when given a
   `chunk_size`; parsing, counting and encoding map a chunk to chunks (per split) and a single
@@ -29,14 +31,15 @@ import apache_beam as beam
 from apache_beam import coders, pvalue
 from apache_beam.io import fileio
 from apache_beam.io.filebasedsink import FileBasedSink
-from apache_beam.io.filesystem import CompressedFile, CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from configs.features import LABEL_KEY, SPLITS, VOCAB_DIR
+from configs.features import LABEL_KEY, MISSING_TOKEN, SPLITS, VOCAB_DIR
+from preprocessing.columnar import EMPTY_MISSING, RecordChunk
 from preprocessing.example_codec import ExampleEncoder, TFRecordFramer
 from preprocessing.formats import MalformedRecord, SplitAssigner
 
@@ -102,28 +105,96 @@ def _chunked(items, size: int | None):
         yield chunk
 
 
+class LineChunk:
+    """Up to `chunk_size` lines of one file, stored column-wise (no tuple per line): the job's
+    element between reading and parsing. Iterating gives the `(split, path, line_no, raw)` of
+    each line, as the one-by-one reader does."""
+
+    __slots__ = ("path", "line_nos", "splits", "raws")
+
+    def __init__(self, path: str, line_nos: list[int], splits: list[int], raws: list):
+        self.path, self.line_nos, self.splits, self.raws = path, line_nos, splits, raws
+
+    def __len__(self) -> int:
+        return len(self.raws)
+
+    def __iter__(self):
+        return zip(self.splits, itertools.repeat(self.path), self.line_nos, self.raws)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, LineChunk) and list(self) == list(other)
+
+    def __reduce__(self):
+        return LineChunk, (self.path, self.line_nos, self.splits, self.raws)
+
+
+_READ_BYTES = 1 << 20
+
+
+def _line_blocks(fh, size: int = _READ_BYTES):
+    """A binary file's lines without terminators (the lines `for line in fh` gives, each
+    `.rstrip(b"\r\n")`), one list per block of about `size` bytes: one C-level split per block
+    instead of a Python step per line."""
+    tail = b""
+    while True:
+        data = fh.read(size)
+        if not data:
+            break
+        if tail:
+            data = tail + data
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            tail = data
+            continue
+        tail, data = data[cut + 1:], data[:cut]
+        lines = data.split(b"\n")
+        yield [line.rstrip(b"\r") for line in lines] if b"\r" in data else lines
+    if tail:
+        yield [tail.rstrip(b"\r")]
+
+
 class _ReadLinesFn(beam.DoFn):
-    """One input file -> its lines with 1-based line numbers and split index (one by one, or
-    in lists of `chunk_size`)."""
+    """One input file -> its lines with 1-based line numbers and split index: one by one as
+    `(split, path, line_no, raw)`, or as LineChunks of `chunk_size` lines. The file is read in
+    blocks and the splits of a block's lines computed at once (SplitAssigner.many); `only_split`
+    keeps the lines of one split."""
 
     def __init__(self, fractions: Sequence[float], seed: int, only_split: int | None,
                  chunk_size: int | None = None):
         self._fractions, self._seed, self._only = tuple(fractions), seed, only_split
         self._chunk = chunk_size
 
-    def _lines(self, readable: fileio.ReadableFile):
+    def _chunks(self, readable: fileio.ReadableFile):
         path = readable.metadata.path
         split_of = SplitAssigner(posixpath.basename(path), self._fractions, self._seed)
-        only = self._only
+        size, only = self._chunk or 1000, self._only
+        first, nos, splits, raws = 1, [], [], []
         with readable.open() as fh:
-            lines = iter(fh.readline, b"") if isinstance(fh, CompressedFile) else fh
-            for line_no, line in enumerate(lines, 1):
-                split = split_of(line_no)
-                if only is None or split == only:
-                    yield split, path, line_no, line.rstrip(b"\r\n")
+            for lines in _line_blocks(fh):
+                n = len(lines)
+                block = split_of.many(first, n)
+                if only is None:
+                    nos += range(first, first + n)
+                    splits += block.tolist()
+                    raws += lines
+                else:
+                    keep = (block == only).tolist()
+                    nos += itertools.compress(range(first, first + n), keep)
+                    splits += itertools.repeat(only, sum(keep))
+                    raws += itertools.compress(lines, keep)
+                first += n
+                while len(raws) >= size:
+                    yield LineChunk(path, nos[:size], splits[:size], raws[:size])
+                    del nos[:size], splits[:size], raws[:size]
+        if raws:
+            yield LineChunk(path, nos, splits, raws)
 
     def process(self, readable: fileio.ReadableFile):
-        yield from _chunked(self._lines(readable), self._chunk)
+        if self._chunk:
+            yield from self._chunks(readable)
+        else:
+            for chunk in self._chunks(readable):
+                yield from chunk
 
 
 class ReadWithLineNumbers(beam.PTransform):
@@ -237,29 +308,46 @@ class _ParseFn(beam.DoFn):
             return "header", None
         return ("main" if self._keyed else SPLITS[split]), parsed
 
-    def _tagged(self, lines: list, side: dict):
-        """(tag, value) per line of a chunk: the lines the chunk reader reads at once, the
-        others (and all lines without a reader) through `_one`."""
+    def _chunk_read(self, lines, side: dict):
+        """(flags, columns, labels) of the chunk reader for a chunk's lines, or None when there
+        is no reader for these lines."""
         if self._reader is None or self._encoding is None or self._keyed or side:
+            return None
+        raws = lines.raws if isinstance(lines, LineChunk) else [line[3] for line in lines]
+        return self._reader.read_columns(_decode_lines(raws, self._encoding),
+                                         missing_as_empty=True)
+
+    def _tagged(self, lines, side: dict, read=None):
+        """(tag, value) per line of a chunk: the lines the chunk reader read (`read`: its
+        flags, columns and labels), the others (and all lines without a reader) through
+        `_one`."""
+        if read is None:
             for split, path, line_no, raw in lines:
                 yield self._one(split, path, line_no, raw, side)
             return
-        flags, records = self._reader(_decode_lines([line[3] for line in lines],
-                                                    self._encoding))
-        records = iter(records)
+        flags, columns, labels = read
+        records = iter(RecordChunk(columns, labels))
         if flags is None:
             for line, record in zip(lines, records):
                 yield SPLITS[line[0]], record
             return
-        for (split, path, line_no, raw), read in zip(lines, flags):
-            yield (SPLITS[split], next(records)) if read else self._one(
+        for (split, path, line_no, raw), was_read in zip(lines, flags):
+            yield (SPLITS[split], next(records)) if was_read else self._one(
                 split, path, line_no, raw, side)
 
     def process(self, element, **side):
-        chunked = isinstance(element, list)
+        chunked = isinstance(element, (list, LineChunk))
+        read = self._chunk_read(element, side) if chunked else None
+        if read is not None and read[0] is None and isinstance(element, LineChunk):
+            # every line read by the chunk reader: RecordChunks per split, no step per line
+            records = RecordChunk(read[1], read[2])
+            yield from self._by_split(element.splits, records)
+            if records.labels:
+                self._counts.add(self._prefix + "read", len(records))
+            return
         groups: dict[str, list] = {}
         tally = dict.fromkeys(("blank", "header", DEADLETTER), 0)
-        for tag, value in self._tagged(element if chunked else [element], side):
+        for tag, value in self._tagged(element if chunked else [element], side, read):
             if tag in tally:
                 tally[tag] += 1
                 if tag == DEADLETTER:
@@ -276,7 +364,7 @@ class _ParseFn(beam.DoFn):
         for tag, values in groups.items():
             if isinstance(values, list):
                 read += len(values)
-                yield pvalue.TaggedOutput(tag, values)
+                yield pvalue.TaggedOutput(tag, RecordChunk.from_records(values))
             else:
                 read += values
         counts, prefix = self._counts, self._prefix
@@ -285,6 +373,20 @@ class _ParseFn(beam.DoFn):
         for key, n in tally.items():
             if n:
                 counts.add(prefix + key, n)
+
+    @staticmethod
+    def _by_split(splits: list[int], records: RecordChunk):
+        """One TaggedOutput per split present: the RecordChunk of its lines, in line order."""
+        if not records.labels:
+            return
+        first = splits[0]
+        if splits.count(first) == len(splits):
+            yield pvalue.TaggedOutput(SPLITS[first], records)
+            return
+        for index, name in enumerate(SPLITS):
+            indices = [i for i, split in enumerate(splits) if split == index]
+            if indices:
+                yield pvalue.TaggedOutput(name, records.select(indices))
 
     def finish_bundle(self):
         yield from self._counts.finish()
@@ -353,6 +455,8 @@ class _CountTokensFn(beam.DoFn):
         counts, self._counts = self._counts, [collections.Counter() for _ in range(self._n)]
         shards = self._shards
         for field, table in enumerate(counts):
+            if EMPTY_MISSING in table:  # RecordChunk's "" is MISSING_TOKEN
+                table[MISSING_TOKEN] += table.pop(EMPTY_MISSING)
             parts = [{} for _ in range(shards)]
             for token, n in table.items():
                 parts[token_shard(token, shards)][token] = n
@@ -361,10 +465,11 @@ class _CountTokensFn(beam.DoFn):
                     yield (field, shard), part
 
     def process(self, element):
-        if isinstance(element, list):
+        if isinstance(element, (list, RecordChunk)):
             if element:
                 # one C-level Counter.update per field over the chunk's column
-                columns = zip(*[tokens for tokens, _ in element])
+                columns = (element.columns if isinstance(element, RecordChunk)
+                           else zip(*[tokens for tokens, _ in element]))
                 for table, column in zip(self._counts, columns):
                     table.update(column)
             self._rows += len(element)
@@ -493,7 +598,11 @@ class _EncodeFn(beam.DoFn):
         if vocabs is not self._source:
             self._encoder = _shared_encoder(self._names, vocabs)
             self._source = vocabs
-        if isinstance(record, list):
+        if isinstance(record, RecordChunk):
+            examples = self._encoder.encode_columns(record.columns, record.labels)
+            positives = sum(record.labels)
+            self._counts.add(f"written/{self._split}", len(record))
+        elif isinstance(record, list):
             examples = self._encoder.encode_all(record)
             positives = sum(label for _, label in record)
             self._counts.add(f"written/{self._split}", len(record))

@@ -80,6 +80,10 @@ def test_split_assigner_equals_split_index(fractions):
         assign = SplitAssigner(source, fractions, seed)
         got = [assign(i) for i in range(1, 5001)]
         assert got == [split_index(source, i, fractions, seed) for i in range(1, 5001)]
+        assert assign.many(1, 5000).tolist() == got  # vectorized = per line
+        far = 2 ** 40  # long line numbers
+        assert assign.many(far, 50).tolist() == [split_index(source, i, fractions, seed)
+                                                  for i in range(far, far + 50)]
         if 0.0 not in fractions:
             assert set(got) == {0, 1, 2}
 

@@ -1,6 +1,9 @@
 """The chunk-at-a-time paths of the job against their row-by-row references: PlainChunkReader
 vs the row parser, FieldEncoder.column_tokens vs FieldEncoder.tokens, ExampleEncoder.encode_all
-vs encode, and ParseRecords with a chunk reader vs without one."""
+vs encode, ParseRecords with a chunk reader vs without one, and the block reader of
+ReadWithLineNumbers vs reading line by line."""
+import gzip
+import io
 import random
 
 import apache_beam as beam
@@ -11,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from configs.features import MISSING_TOKEN, dataset_spec
 from preprocessing import example_codec, transforms
 from preprocessing.columnar import PlainChunkReader
-from preprocessing.formats import FieldEncoder, MalformedRecord, line_parser
+from preprocessing.formats import FieldEncoder, MalformedRecord, line_parser, split_index
 
 INMEM = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 ODD_NUMBERS = ["", " 4 ", "7.5", "-3", "1e3", "abc", "nan", "inf", "0x10", "L5", MISSING_TOKEN]
@@ -148,14 +151,20 @@ def test_parse_records_with_chunk_reader_equals_row_by_row():
     lines[7] = b""
     lines[8] = b"   "
     lines[9] = b"1\t" + b"\xff\xfe" + lines[10][2:]
+    # then clean chunks (every line read at once: RecordChunks split by split, no row step)
+    lines += [text.encode() for text in _criteo_lines(300, seed=4, odd=0.0)]
     elements = [(i % 3, "f.txt", i + 1, raw) for i, raw in enumerate(lines)]
     chunks = [elements[i:i + 100] for i in range(0, len(elements), 100)]
+    line_chunks = [transforms.LineChunk("f.txt", [e[2] for e in c], [e[0] for e in c],
+                                        [e[3] for e in c]) for c in chunks]
     from preprocessing.job import _LineParse
 
     p = test_pipeline.TestPipeline(argv=INMEM)
     outputs = {}
-    for name, reader in (("rows", None), ("chunks", PlainChunkReader.of(line_parser(spec)))):
-        parsed = (p | f"Create{name}" >> beam.Create(chunks)
+    reader = PlainChunkReader.of(line_parser(spec))
+    for name, reader, inputs in (("rows", None, chunks), ("chunks", reader, chunks),
+                                 ("linechunks", reader, line_chunks)):
+        parsed = (p | f"Create{name}" >> beam.Create(inputs)
                   | f"Parse{name}" >> transforms.ParseRecords(
                       _LineParse(line_parser(spec)), "utf-8", chunk_reader=reader))
         outputs[name] = {
@@ -177,19 +186,122 @@ def test_parse_records_with_chunk_reader_equals_row_by_row():
         except (MalformedRecord, UnicodeDecodeError):
             dead.append(line_no)
     assert len(dead) > 5 and blank >= 2
-    for name in ("rows", "chunks"):
+    for name in ("rows", "chunks", "linechunks"):
         for split in ("train", "valid", "test"):
             assert_that(outputs[name][split], equal_to(expected[split]), label=f"{name}{split}")
         assert_that(outputs[name]["dead"] | f"Lines{name}" >> beam.Map(lambda d: d[0]),
                     equal_to(dead), label=f"{name}dead")
         assert_that(outputs[name]["counts"],
-                    equal_to([("read", 600 - blank), ("deadletter", len(dead)),
+                    equal_to([("read", 900 - blank), ("deadletter", len(dead)),
                               ("blank", blank)]),
                     label=f"{name}counts")
     # the reasons too: identical row by row and chunked
-    both = (outputs["rows"]["dead"] | "TagRows" >> beam.Map(lambda d: (d, "rows")),
-            outputs["chunks"]["dead"] | "TagChunks" >> beam.Map(lambda d: (d, "chunks")))
+    both = [outputs[n]["dead"] | f"Tag{n}" >> beam.Map(lambda d, n=n: (d, n))
+            for n in ("rows", "chunks", "linechunks")]
     paired = (both | beam.Flatten() | beam.GroupByKey()
               | beam.MapTuple(lambda reason, where: sorted(where)))
-    assert_that(paired, equal_to([["chunks", "rows"]] * len(dead)), label="reasons")
+    assert_that(paired, equal_to([["chunks", "linechunks", "rows"]] * len(dead)),
+                label="reasons")
+    p.run().wait_until_finish()
+
+
+@pytest.mark.parametrize("data", [
+    b"a\nbb\r\nccc\n\n\r\nlast-without-newline",
+    b"x\r\r\n\ry\n" * 7 + b"\n",
+    b"",
+    b"\n\n\n",
+    "\u00e9t\u00e9\tz\n".encode() * 50,
+])
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 1 << 20])
+def test_line_blocks_equal_line_iteration(data, size):
+    """Block reads give exactly the lines of `for line in fh` (each rstrip(b"\\r\\n")), for
+    blocks that cut lines, CR LF and CR CR LF endings, blank lines and a last line without a
+    newline."""
+    got = [line for block in transforms._line_blocks(io.BytesIO(data), size) for line in block]
+    assert got == [line.rstrip(b"\r\n") for line in io.BytesIO(data)]
+
+
+def _read(pattern, only, chunk):
+    p = test_pipeline.TestPipeline(argv=INMEM)
+    lines = (p | transforms.ReadWithLineNumbers([pattern], (0.8, 0.1, 0.1), 3, only, chunk)
+             | beam.FlatMap(lambda e: list(e) if isinstance(e, transforms.LineChunk) else [e])
+             | beam.Map(lambda t: (t[0], t[1].rsplit("/", 1)[-1], t[2], t[3])))
+    return p, lines
+
+
+@pytest.mark.parametrize("only", [None, 0, 2])
+@pytest.mark.parametrize("chunk", [None, 7, 1000])
+def test_read_with_line_numbers(tmp_path, only, chunk):
+    """Every line of plain and GZIP files with its 1-based number, its split by split_index,
+    one by one or in LineChunks, and `only_split` keeps just that split's lines."""
+    plain = [f"line {i}".encode() + (b"\r" if i % 5 == 0 else b"") for i in range(1, 301)]
+    (tmp_path / "a.txt").write_bytes(b"\n".join(plain))  # no final newline
+    with gzip.open(tmp_path / "b.txt.gz", "wb") as fh:
+        fh.write(b"".join(f"gz {i}\n".encode() for i in range(1, 101)))
+    want = [(split_index("a.txt", i, (0.8, 0.1, 0.1), 3), "a.txt", i, raw.rstrip(b"\r"))
+            for i, raw in enumerate(plain, 1)]
+    want += [(split_index("b.txt.gz", i, (0.8, 0.1, 0.1), 3), "b.txt.gz", i, f"gz {i}".encode())
+             for i in range(1, 101)]
+    want = [w for w in want if only is None or w[0] == only]
+    assert {w[0] for w in want} == ({0, 1, 2} if only is None else {only})
+    p, lines = _read(str(tmp_path / "*"), only, chunk)
+    assert_that(lines, equal_to(want))
+    p.run()
+
+
+def test_fast_path_vocab_and_examples_equal_row_path():
+    """LineChunks read by the chunk reader (missing categoricals left as "" in RecordChunks,
+    mixed splits cut with RecordChunk.select) give the same vocabularies and the same
+    tf.Example bytes as the row parser on one-by-one lines."""
+    spec = dataset_spec("criteo", {"default_min_count": 1})
+    texts = _criteo_lines(400, seed=5, odd=0.0)
+    rng = random.Random(0)
+    texts = ["\t".join("" if 14 <= i and rng.random() < 0.3 else v  # missing categoricals
+                       for i, v in enumerate(t.split("\t"))) for t in texts]
+    assert sum(t.count("\t\t") for t in texts) > 100
+    elements = [(i % 3 if i % 7 else 0, "f.txt", i + 1, t.encode()) for i, t in enumerate(texts)]
+    line_chunks = [transforms.LineChunk("f.txt", [e[2] for e in elements[i:i + 50]],
+                                        [e[0] for e in elements[i:i + 50]],
+                                        [e[3] for e in elements[i:i + 50]])
+                   for i in range(0, len(elements), 50)]
+    from preprocessing.job import _LineParse
+
+    names = spec.field_names
+    p = test_pipeline.TestPipeline(argv=INMEM)
+    out = {}
+    for name, inputs, reader in (("rows", elements, None),
+                                 ("fast", line_chunks, PlainChunkReader.of(line_parser(spec)))):
+        parsed = (p | f"Create{name}" >> beam.Create(inputs)
+                  | f"Parse{name}" >> transforms.ParseRecords(
+                      _LineParse(line_parser(spec)), "utf-8", chunk_reader=reader))
+        vocabs = parsed.train | f"Vocab{name}" >> transforms.ComputeVocabularies(
+            names, [1] * len(names))
+        out[name] = {"vocab": vocabs}
+        for split in ("train", "valid", "test"):
+            encoded = parsed[split] | f"Encode{split}{name}" >> transforms.EncodeExamples(
+                names, split, vocabs)
+            out[name][split] = encoded.examples | f"Flat{split}{name}" >> beam.FlatMap(
+                lambda e: e if isinstance(e, list) else [e])
+    from configs.features import MISSING_TOKEN
+
+    def check_vocab(pair):
+        rows, fast = pair
+        assert rows == fast
+        assert sum(MISSING_TOKEN in [t for t, _ in v] for v in rows.values()) >= 20
+        return True
+
+    joined = ((out["rows"]["vocab"], out["fast"]["vocab"]) | "BothVocabs" >> beam.Flatten()
+              | beam.combiners.ToList()
+              | beam.Map(lambda vs: check_vocab(vs) if len(vs) == 2 else False))
+    assert_that(joined, equal_to([True]), label="vocab")
+    for split in ("train", "valid", "test"):
+        both = ((out["rows"][split] | f"TagR{split}" >> beam.Map(lambda b: (b, "rows")),
+                 out["fast"][split] | f"TagF{split}" >> beam.Map(lambda b: (b, "fast")))
+                | f"Flat{split}" >> beam.Flatten() | f"Group{split}" >> beam.GroupByKey()
+                | f"Where{split}" >> beam.MapTuple(lambda b, where: sorted(where)))
+        assert_that(both | f"Bad{split}" >> beam.Filter(lambda w: w != ["fast", "rows"]),
+                    equal_to([]), label=f"same{split}")
+        assert_that(out["fast"][split] | f"Count{split}" >> beam.combiners.Count.Globally(),
+                    equal_to([sum(1 for e in elements if e[0] == "train valid test".split()
+                                  .index(split))]), label=f"n{split}")
     p.run().wait_until_finish()
