@@ -7,9 +7,11 @@ to `model_dir/config.json` and its hash goes into `dims.json`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
-from configs.loader import ConfigError, from_dict, load_yaml, merge, parse_set_overrides
+from configs.loader import (ConfigError, config_hash, from_dict, load_yaml, merge,
+                            parse_set_overrides, to_dict)
 
 BACKBONES = ("fm", "wide_deep", "deepfm", "nfm", "ipnn", "autoint", "dcn_v2")
 
@@ -58,6 +60,18 @@ class SearchConfig:
       over fields of E_softmax(alpha)[d] / d_max (`param_cost_weighting: params` weights each
       field by its share of the vocabulary, i.e. by real memory). Fields whose larger candidates do
       not lower the validation loss drift to small dimensions; 0 is the paper's objective.
+    derive: how the dimensions are read off the trained supernet. `argmax` is the paper's Eq. 13
+      (each field's most probable candidate). `validated` starts from the argmax and checks it on
+      the first `derive_max_rows` validation rows (`pipeline/derive.py`): with alpha set to a hard
+      one-hot, field by field (least decided first, by the margin between its two most probable
+      candidates) the field's larger candidates (`derive_direction: up`; `both`: every other
+      candidate) are evaluated and the per-example log losses compared in pairs; a larger
+      dimension is taken only if its mean loss is lower by more than `derive_z` standard errors, a
+      smaller one whenever its mean loss is not higher. Up to `derive_sweeps` passes over the
+      fields (stopping early when one changes nothing). The searched alpha is left as it was;
+      dims.json records both the argmax and the validated dimensions. These settings only
+      post-process a finished search, so they are left out of the run hash (`run_hash`): changing
+      them and rerunning a finished search re-derives without searching.
     """
 
     variant: Literal["autodim", "autodim_s"] = "autodim"
@@ -83,6 +97,11 @@ class SearchConfig:
     eval_every: int = 0  # steps between validation evaluations; 0 = once per epoch
     seed: int = 0
     shuffle_buffer: int = 100_000
+    derive: Literal["argmax", "validated"] = "argmax"
+    derive_max_rows: int = 50_000
+    derive_z: float = 2.0
+    derive_sweeps: int = 2
+    derive_direction: Literal["up", "both"] = "up"
 
     def __post_init__(self):
         checks = {
@@ -98,6 +117,11 @@ class SearchConfig:
             "steps_per_call": self.steps_per_call >= 1, "checkpoint_every": self.checkpoint_every >= 1,
             "keep_checkpoints": self.keep_checkpoints >= 1, "eval_every": self.eval_every >= 0,
             "shuffle_buffer": self.shuffle_buffer >= 1,
+            "derive": self.derive in ("argmax", "validated"),
+            "derive_max_rows": self.derive_max_rows >= 1,
+            "derive_z": math.isfinite(self.derive_z) and self.derive_z >= 0,
+            "derive_sweeps": self.derive_sweeps >= 1,
+            "derive_direction": self.derive_direction in ("up", "both"),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -175,9 +199,25 @@ def resolve(preset: str | None, config_file: str | None = None,
     return cfg
 
 
+# Search settings that only post-process a finished search (how the dimensions are read off the
+# trained supernet): changing them must neither refuse a resume nor change the hash of runs made
+# before they existed.
+POST_SEARCH_KEYS = ("derive", "derive_max_rows", "derive_z", "derive_sweeps", "derive_direction")
+
+
+def run_hash(cfg: ExperimentConfig) -> str:
+    """config_hash of everything that determines the trained weights: the config without
+    POST_SEARCH_KEYS (guards resuming a search or retraining run; for a run whose other settings
+    are unchanged it equals the hash of the config before these keys existed)."""
+    data = to_dict(cfg)
+    for key in POST_SEARCH_KEYS:
+        data["search"].pop(key, None)
+    return config_hash(data)
+
+
 def preset_for_dataset(dataset: str) -> str:
     return dataset if dataset in PRESETS else "default"
 
 
 __all__ = ["ModelConfig", "SearchConfig", "RetrainConfig", "ExperimentConfig", "PRESETS",
-           "resolve", "preset_for_dataset", "from_dict"]
+           "resolve", "preset_for_dataset", "from_dict", "run_hash", "POST_SEARCH_KEYS"]

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from configs.experiment import ExperimentConfig, preset_for_dataset, resolve
+from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, run_hash
 from configs.features import DataSchema
-from configs.loader import ConfigError, config_hash, merge, to_dict
+from configs.loader import ConfigError, merge, to_dict
 from pipeline.dims import load_dims
 from pipeline.errors import NonFiniteLossError
 
@@ -85,7 +85,7 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     dims_list = dims["dims"]
     dims_hash = hashlib.sha256(json.dumps(dims_list).encode()).hexdigest()[:16]
     record = {"kind": "retrain", "preset": preset, "config": to_dict(cfg),
-              "config_hash": config_hash(cfg), "schema_hash": schema.schema_hash,
+              "config_hash": run_hash(cfg), "schema_hash": schema.schema_hash,
               "dims_hash": dims_hash, "dims": dims, "data_dir": str(Path(data_dir).resolve())}
     model_dir = runtime.prepare_model_dir(model_dir, record)
     metrics_path = model_dir / METRICS_FILE

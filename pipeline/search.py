@@ -2,7 +2,9 @@
 
 Pre-training with alpha frozen at uniform, then alternating updates inside one compiled call:
 every step a model-weight update on a training batch, every f steps an alpha update on a
-validation batch (first-order DARTS). Writes `model_dir/dims.json` with the argmax dimensions.
+validation batch (first-order DARTS). Writes `model_dir/dims.json` with the argmax dimensions
+(`search.derive=argmax`, the paper's Eq. 13) or the argmax checked on validation rows
+(`search.derive=validated`, `pipeline/derive.py`).
 
     python -m pipeline.search --data DIR --model_dir DIR [--config FILE] [--preset NAME]
         [--set key=value ...] [--logical_cpus K] [--quiet]
@@ -17,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from configs.experiment import ExperimentConfig, preset_for_dataset, resolve
+from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, run_hash
 from configs.features import DataSchema
-from configs.loader import ConfigError, config_hash, to_dict
+from configs.loader import ConfigError, to_dict
 from pipeline.errors import NonFiniteLossError
 
 DIMS_FILE = "dims.json"
@@ -85,7 +87,7 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
                           f"schema.json has {schema.splits}")
     m, s = cfg.model, cfg.search
     record = {"kind": "search", "preset": preset, "config": to_dict(cfg),
-              "config_hash": config_hash(cfg), "schema_hash": schema.schema_hash,
+              "config_hash": run_hash(cfg), "schema_hash": schema.schema_hash,
               "data_dir": str(Path(data_dir).resolve())}
     model_dir = runtime.prepare_model_dir(model_dir, record)
     strategy = strategy or make_strategy(logical_cpus)
@@ -190,42 +192,63 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
     probs = np.asarray(emb.probabilities())
     chosen = emb.chosen_dims()
     log_alpha(step)
-    for w in writers.values():
-        w.flush()
     if not final:  # resumed after the last step: evaluate once for the record
         val_m = runner.evaluate(eval_ds)
         final = {"step": step, "valid_loss": val_m["loss"], "valid_auc": val_m["auc"]}
-    result = dims_record(schema, cfg, probs, chosen, sched, step)
+    derivation = {"method": "argmax"}
+    if s.derive == "validated":
+        from pipeline.derive import derive_validated
+
+        derivation = derive_validated(model, data_dir, schema, s, log=progress.log)
+        summaries.write_derivation(writers["train"], step, derivation)
+    for w in writers.values():
+        w.flush()
+    result = dims_record(schema, cfg, probs, chosen, sched, step, derivation)
     result["final_metrics"] = final
     runtime.atomic_write_json(model_dir / DIMS_FILE, result)
     progress.log(format_dims(result))
     return result
 
 
-def dims_record(schema: DataSchema, cfg: ExperimentConfig, probs, chosen, sched, step) -> dict:
+def dims_record(schema: DataSchema, cfg: ExperimentConfig, probs, chosen, sched, step,
+                derivation: dict | None = None) -> dict:
+    """dims.json: per field the derived "dim" (what retraining reads) and alpha's probabilities;
+    `chosen` are the argmax dims. A validated `derivation` (pipeline.derive) supplies the dims and
+    each field also records its "argmax_dim"."""
+    derivation = derivation or {"method": "argmax"}
+    validated = derivation["method"] == "validated"
     dmax = max(cfg.model.candidate_dims)
     fields = {}
-    for fs, p, d in zip(schema.fields, probs, chosen):
-        fields[fs.name] = {"dim": int(d), "probabilities": [round(float(x), 6) for x in p],
-                           "vocab_size": fs.vocab_size, "params": fs.vocab_size * int(d),
+    for fs, p, a in zip(schema.fields, probs, chosen):
+        d = int(derivation["dims"][fs.name]) if validated else int(a)
+        fields[fs.name] = {"dim": d, "probabilities": [round(float(x), 6) for x in p],
+                           "vocab_size": fs.vocab_size, "params": fs.vocab_size * d,
                            "full_params": fs.vocab_size * dmax}
+        if validated:
+            fields[fs.name]["argmax_dim"] = int(a)
     params = sum(v["params"] for v in fields.values())
     full = sum(v["full_params"] for v in fields.values())
     return {"dataset": schema.dataset, "schema_hash": schema.schema_hash,
-            "config_hash": config_hash(cfg), "backbone": cfg.model.backbone,
+            "config_hash": run_hash(cfg), "backbone": cfg.model.backbone,
             "variant": cfg.search.variant, "lookup": cfg.model.lookup, "unify": cfg.model.unify,
             "candidate_dims": list(cfg.model.candidate_dims), "field_order": list(schema.field_names),
             "fields": fields, "embedding_params": params, "full_embedding_params": full,
-            "params_share": params / full if full else 0.0, "steps": step, "schedule": sched}
+            "params_share": params / full if full else 0.0, "steps": step, "schedule": sched,
+            "derivation": derivation}
 
 
 def format_dims(result: dict) -> str:
+    method = result.get("derivation", {}).get("method", "argmax")
+    how = "" if method == "argmax" else f", {method}"
     lines = [f"chosen dimensions ({result['embedding_params']:,} embedding parameters, "
-             f"{100 * result['params_share']:.1f}% of all fields at {max(result['candidate_dims'])}):"]
+             f"{100 * result['params_share']:.1f}% of all fields at {max(result['candidate_dims'])}"
+             f"{how}):"]
     for name in result["field_order"]:
         v = result["fields"][name]
+        moved = (f"  (argmax {v['argmax_dim']})"
+                 if v.get("argmax_dim", v["dim"]) != v["dim"] else "")
         lines.append(f"  {name:<16} dim {v['dim']:>3}  vocab {v['vocab_size']:>9,}  "
-                     f"p=[{' '.join(f'{x:.2f}' for x in v['probabilities'])}]")
+                     f"p=[{' '.join(f'{x:.2f}' for x in v['probabilities'])}]{moved}")
     return "\n".join(lines)
 
 

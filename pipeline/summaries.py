@@ -1,4 +1,5 @@
-"""TensorBoard summaries: scalars, the fields x candidates alpha heatmap and the dims table."""
+"""TensorBoard summaries: scalars, the fields x candidates alpha heatmap, the dims table and the
+validated derivation's moves."""
 from __future__ import annotations
 
 import numpy as np
@@ -45,4 +46,27 @@ def write_scalars(writer, step: int, values: dict) -> None:
     with writer.as_default(step=step):
         for key, value in values.items():
             tf.summary.scalar(key, float(value))
+    writer.flush()
+
+
+def derivation_table(record: dict) -> str:
+    """A markdown table of a validated derivation's accepted moves."""
+    rows = ["| field | from | to | mean loss diff | s.e. | sweep |", "|---|---|---|---|---|---|"]
+    for mv in record["moves"]:
+        se = "n/a" if mv["se"] is None else f"{mv['se']:.6f}"
+        rows.append(f"| {mv['field']} | {mv['from']} | {mv['to']} | {mv['mean_diff']:+.6f} | "
+                    f"{se} | {mv['sweep']} |")
+    if not record["moves"]:
+        rows.append("| (none: the argmax dimensions stand) | | | | | |")
+    return "\n".join(rows)
+
+
+def write_derivation(writer, step: int, record: dict) -> None:
+    """A validated derivation (pipeline.derive): its one-hot validation losses, move count and the
+    table of moves."""
+    with writer.as_default(step=step):
+        tf.summary.scalar("derive/valid_logloss_argmax", float(record["argmax_valid_logloss"]))
+        tf.summary.scalar("derive/valid_logloss_validated", float(record["valid_logloss"]))
+        tf.summary.scalar("derive/moves", float(len(record["moves"])))
+        tf.summary.text("dims/derivation", derivation_table(record))
     writer.flush()
