@@ -297,6 +297,7 @@ ids, labels = random_split_data(800, vocab, seed=4)
 write_dataset(sys.argv[1], ids, labels, vocab)
 schema = DataSchema.load(sys.argv[1])
 cfg = experiment.resolve("default", None, ["search.derive=validated", "search.batch_size=40",
+                                          "search.derive_direction=both",
                                           "model.candidate_dims=2,8,16"]).search
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 kw = dict(candidate_dims=(2, 8, 16), seed=1, hidden_units=(16,), dropout=0.0)
