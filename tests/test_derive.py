@@ -92,6 +92,17 @@ def _toy_losses(per_field, rows=3000):
     return evaluate
 
 
+def _recorded(evaluate):
+    """`evaluate` that also records the architectures it is asked for."""
+    calls = []
+
+    def recording(dims):
+        calls.append(tuple(dims))
+        return evaluate(dims)
+
+    return recording, calls
+
+
 def test_coordinate_descent_moves_only_where_the_rule_says():
     rows = 3000
     zero = np.zeros(rows)
@@ -106,13 +117,7 @@ def test_coordinate_descent_moves_only_where_the_rule_says():
         # argmax 8, 16 a little better on average but not significantly: stays
         {2: zero + 0.01, 8: zero, 16: wobble - 0.001},
     ]
-    calls = []
-    base_eval = _toy_losses(per_field, rows)
-
-    def evaluate(dims):
-        calls.append(tuple(dims))
-        return base_eval(dims)
-
+    evaluate, calls = _recorded(_toy_losses(per_field, rows))
     out = derive.coordinate_descent(evaluate, [2, 16, 8], [(2, 8, 16)] * 3, order=[0, 1, 2],
                                     z=2.0, sweeps=3, field_names=["item", "user", "ctx"],
                                     direction="both")
@@ -134,13 +139,7 @@ def test_coordinate_descent_up_only_tries_and_takes_only_larger_dims():
         {2: zero - 0.01, 8: zero + 0.001, 16: zero},  # 2 better, but down is not tried
         {2: zero + 0.01, 8: zero, 16: zero + 0.002},  # larger is worse: stays
     ]
-    calls = []
-    base_eval = _toy_losses(per_field, rows)
-
-    def evaluate(dims):
-        calls.append(tuple(dims))
-        return base_eval(dims)
-
+    evaluate, calls = _recorded(_toy_losses(per_field, rows))
     out = derive.coordinate_descent(evaluate, [2, 16, 8], [(2, 8, 16)] * 3, order=[0, 1, 2],
                                     z=2.0, sweeps=3, direction="up")
     assert out["dims"] == [16, 16, 8]
