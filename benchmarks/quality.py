@@ -5,8 +5,9 @@
         [--output BENCHMARKS.md] [--samples criteo,avazu] [--frontier 8,16,32]
 
 For each dataset (preprocessed once with the Beam job into WORKDIR/data/NAME), backbone and seed:
-FDE at 8, 16 and 32 (the frontier), RaS (random dims over the candidates), AutoDim-s and AutoDim
-(search, then retrain). Criteo and Avazu samples get one seed (they only show the pipeline runs
+FDE at 8, 16 and 32 (the frontier), RaS (random dims over the candidates), AutoDim-s, AutoDim
+(search, then retrain) and AutoDim with `search.derive=validated` (`autodim_validated`: the same
+seed's AutoDim search re-derived, then retrained, so the two rows differ only by the derivation). Criteo and Avazu samples get one seed (they only show the pipeline runs
 on real logs; too small for quality claims). Every run is resumable: rerunning the command skips
 finished runs. Writes a markdown table (mean and std over seeds) to --output, with the command.
 Skips cleanly when --data-root does not exist.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 FRONTIER = (8, 16, 32)
-SEARCHED = ("ras", "autodim_s", "autodim")
+SEARCHED = ("ras", "autodim_s", "autodim", "autodim_validated")
 INPUTS = {
     "movielens-100k": "movielens-100k",
     "frappe": "frappe/*.libfm",
@@ -53,6 +55,9 @@ def one_run(data: Path, run_dir: Path, dataset: str, backbone: str, seed: int, m
             *extra_sets]
     if method == "autodim_s":
         sets.append("search.variant=autodim_s")
+    if method == "autodim_validated":
+        sets.append("search.derive=validated")
+        reuse_search(run_dir)
     cfg = resolve(preset_for_dataset(dataset), None, sets)
     started = time.monotonic()
     if method.startswith("fde"):
@@ -65,6 +70,18 @@ def one_run(data: Path, run_dir: Path, dataset: str, backbone: str, seed: int, m
                     cfg, quiet=True)
     m["wall_seconds"] = time.monotonic() - started
     return m
+
+
+def reuse_search(run_dir: Path) -> bool:
+    """autodim_validated re-derives the same seed's finished `autodim` search instead of searching
+    again: that search directory is copied (the derive settings are not part of the run hash, so
+    run_search resumes after the last step and only derives), which pairs the two rows exactly.
+    Returns whether a search was copied."""
+    source, target = run_dir.parent / "autodim" / "search", run_dir / "search"
+    if not (source / "dims.json").exists() or target.exists():
+        return False
+    shutil.copytree(source, target)
+    return True
 
 
 def frontier_auc(points: list[tuple[float, float]], params: float) -> float:
@@ -99,9 +116,9 @@ def summarise(results: dict, frontier_dims=FRONTIER) -> list[str]:
             if len(frontier) >= 2 and not method.startswith("fde"):
                 vs = f"{auc.mean() - frontier_auc(frontier, params):+.4f}"
             dims = runs[0].get("dims", {})
-            dims_text = " ".join(str(dims[k]) for k in dims) if method in ("autodim", "autodim_s", "ras") else ""
+            dims_text = " ".join(str(dims[k]) for k in dims) if method in SEARCHED else ""
             corr = ""
-            if len(runs) > 1 and method in ("autodim", "autodim_s"):
+            if len(runs) > 1 and method in ("autodim", "autodim_s", "autodim_validated"):
                 vecs = [np.array(list(m["dims"].values()), float) for m in runs]
                 cs = [np.corrcoef(a, b)[0, 1] for i, a in enumerate(vecs) for b in vecs[i + 1:]
                       if a.std() > 0 and b.std() > 0]

@@ -44,3 +44,23 @@ def test_missing_data_root_skips_and_bad_frontier_is_refused(tmp_path, capsys):
         quality.main(["--data-root", str(tmp_path / "root"), "--frontier", "8"])
     with pytest.raises(SystemExit):
         quality.main(["--data-root", str(tmp_path / "root"), "--methods", "fde4"])
+
+
+def test_autodim_validated_reuses_the_same_seeds_autodim_search(tmp_path):
+    """autodim_validated copies the finished autodim search of its seed (then only re-derives);
+    without one, or when its own search exists, nothing is copied."""
+    seed_dir = tmp_path / "frappe" / "deepfm" / "seed0"
+    target = seed_dir / "autodim_validated"
+    assert not quality.reuse_search(target)  # no autodim search yet: it searches itself
+    search = seed_dir / "autodim" / "search"
+    (search / "ckpt").mkdir(parents=True)
+    (search / "ckpt" / "ckpt-10.index").write_bytes(b"weights")
+    assert not quality.reuse_search(target)  # unfinished (no dims.json): not copied
+    (search / "dims.json").write_text('{"fields": {}}')
+    assert quality.reuse_search(target)
+    assert (target / "search" / "ckpt" / "ckpt-10.index").read_bytes() == b"weights"
+    assert (target / "search" / "dims.json").read_text() == '{"fields": {}}'
+    (search / "dims.json").write_text("changed")
+    assert not quality.reuse_search(target)  # its own copy is kept once made
+    assert (target / "search" / "dims.json").read_text() == '{"fields": {}}'
+    assert "autodim_validated" in quality.SEARCHED
