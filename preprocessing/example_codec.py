@@ -52,6 +52,30 @@ def int64_entry(key: str, value: int) -> bytes:
     return _map_entry(key, _len_delimited(3, _len_delimited(1, varint(value))))
 
 
+def int64_entries(key: str, values: Iterable[int]) -> list[bytes]:
+    """`int64_entry(key, v)` for each v, the same bytes with one concatenation per value: an entry
+    ends with varint(v), and everything before it depends only on the key and varint(v)'s length
+    (the ExampleEncoder builds its tables from millions of tokens on full-size data)."""
+    heads: dict[int, bytes] = {}
+    out = []
+    for value in values:
+        tail = varint(value) if value >= len(_VARINTS) else _VARINTS[value]
+        head = heads.get(len(tail))
+        if head is None:
+            head = heads[len(tail)] = int64_entry(key, value)[:-len(tail)]
+        out.append(head + tail)
+    return out
+
+
+def _grow_varints(n: int) -> None:
+    """Extends the shared varint table to ids < n (built once per process, reused by every
+    field's table)."""
+    _VARINTS.extend(varint(i) for i in range(len(_VARINTS), n))
+
+
+_VARINTS: list[bytes] = []
+
+
 def float_entry(key: str, value: float) -> bytes:
     """Serialized map entry `key -> Feature(float_list=[value])` (float32, little-endian)."""
     return _map_entry(key, _len_delimited(2, _len_delimited(1, struct.pack("<f", value))))
@@ -97,10 +121,9 @@ class ExampleEncoder:
                              f"label key {float_key!r}")
         tables: list[dict] = []
         for name in names:
-            table = _Ids()
-            for i, item in enumerate(vocabularies[name], 1):
-                token = item[0] if isinstance(item, tuple) else item
-                table[token] = int64_entry(name, i)
+            tokens = [item[0] if isinstance(item, tuple) else item for item in vocabularies[name]]
+            _grow_varints(len(tokens) + 1)
+            table = _Ids(zip(tokens, int64_entries(name, range(1, len(tokens) + 1))))
             table.oov = int64_entry(name, 0)
             # "" is never a token; in a RecordChunk column it stands for MISSING_TOKEN
             table[""] = table[MISSING_TOKEN]
@@ -116,7 +139,8 @@ class ExampleEncoder:
         self._defaults = [itertools.repeat(t.oov if isinstance(t, _Ids) else None)
                           for t in self._tables]
         self._pick = operator.itemgetter(*order)
-        self._prefix = [b"\x0a" + varint(n) for n in range(_LEN_CACHE)]
+        _grow_varints(_LEN_CACHE)
+        self._prefix = [b"\x0a" + v for v in _VARINTS[:_LEN_CACHE]]
 
     def encode(self, tokens: Sequence[str], label: float) -> bytes:
         values = self._pick((*tokens, label))

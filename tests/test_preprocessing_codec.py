@@ -123,3 +123,18 @@ def test_job_runs_without_tensorflow(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "False"
     assert (tmp_path / "out" / "schema.json").exists()
+
+
+def test_int64_entries_equal_int64_entry_across_varint_lengths():
+    """The encoder's fast table build gives int64_entry's bytes for ids of every varint length
+    (1 to 6 bytes), long and non-ASCII keys included, with and without the shared table."""
+    values = [0, 1, 127, 128, 129, 16383, 16384, 2 ** 21 - 1, 2 ** 21, 2 ** 28 - 1, 2 ** 28,
+              2 ** 35, 2 ** 35 + 1] + list(range(1, 300))
+    for key in ("C1", "user_id", "\u00e9t\u00e9", "k" * 200):
+        want = [example_codec.int64_entry(key, v) for v in values]
+        assert example_codec.int64_entries(key, values) == want
+        example_codec._grow_varints(20000)
+        assert example_codec.int64_entries(key, values) == want
+    enc = example_codec.ExampleEncoder(["x"], "label", {"x": [f"t{i}" for i in range(20000)]})
+    assert enc.encode(["t16383"], 1.0) == enc.encode_all([(["t16383"], 1.0)])[0]
+    assert example_codec.int64_entry("x", 16384) in enc.encode(["t16383"], 1.0)
