@@ -7,8 +7,9 @@
 For each dataset (preprocessed once with the Beam job into WORKDIR/data/NAME), backbone and seed:
 FDE at 8, 16 and 32 (the frontier), RaS (random dims over the candidates), AutoDim-s, AutoDim
 (search, then retrain) and AutoDim with `search.derive=validated` (`autodim_validated`: the same
-seed's AutoDim search re-derived, then retrained, so the two rows differ only by the derivation). Criteo and Avazu samples get one seed (they only show the pipeline runs
-on real logs; too small for quality claims). Every run is resumable: rerunning the command skips
+seed's AutoDim search re-derived, then retrained, so the two rows differ only by the
+derivation). Criteo and Avazu samples get one seed (they only show the pipeline runs on real
+logs; too small for quality claims). Every run is resumable: rerunning the command skips
 finished runs. Writes a markdown table (mean and std over seeds) to --output, with the command.
 Skips cleanly when --data-root does not exist.
 """

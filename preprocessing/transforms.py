@@ -7,9 +7,10 @@ Elements between steps:
 - records: `(tokens, label)` per split, tokens in DatasetSpec field order; chunks of records
   are RecordChunks (columnar.RecordChunk: one token column per field and the labels),
 - examples: serialized tf.train.Example bytes,
-- chunks: a Python list of lines, records or examples. The readers emit chunks when given a
-  `chunk_size`; parsing, counting and encoding map a chunk to chunks (per split) and a single
-  line/record to single records/examples, so the same transforms serve both. The job uses
+- chunks: LineChunks (or lists) of lines, RecordChunks of records, lists of examples. The
+  readers emit chunks when given a `chunk_size`; parsing, counting and encoding map a chunk to
+  chunks (per split) and a single line/record to single records/examples, so the same
+  transforms serve both. The job uses
   chunks: the runner's per-element cost (coding, dispatch, output receivers) is then paid per
   thousand rows. Dead letters stay one element per bad line.
 - counts: `(key, number)` pairs summed into DIR/_counts.json (exact on any runner: they are data,
@@ -202,8 +203,8 @@ class ReadWithLineNumbers(beam.PTransform):
 
     Line numbers need a sequential read, so each file is read by one worker: parallelism is per
     input file (shard big inputs into many files). `only_split` keeps one split (read-time
-    filter for the vocabulary pass). With `chunk_size`, elements are lists of up to that many
-    lines of one file."""
+    filter for the vocabulary pass). With `chunk_size`, elements are LineChunks of up to that
+    many lines of one file."""
 
     def __init__(self, patterns: Sequence[str], fractions: Sequence[float], seed: int,
                  only_split: int | None = None, chunk_size: int | None = None):
@@ -270,7 +271,7 @@ def dead_letter(path: str, line_no: int, reason: str, raw: Any) -> dict:
 
 class _ParseFn(beam.DoFn):
     """(split, path, line_no, raw) -> TaggedOutput(split name, parsed) or dead letter; a chunk
-    (list) of lines -> one list of parsed values per split present (dead letters one by one;
+    (LineChunk or list) of lines -> one RecordChunk per split present (dead letters one by one;
     keyed side-table records always one by one, for AsDict).
 
     `parse(text_or_raw, line_no, **side_inputs)` returns a parsed value, None for a header line,
@@ -319,18 +320,14 @@ class _ParseFn(beam.DoFn):
 
     def _tagged(self, lines, side: dict, read=None):
         """(tag, value) per line of a chunk: the lines the chunk reader read (`read`: its
-        flags, columns and labels), the others (and all lines without a reader) through
-        `_one`."""
+        flags, columns and labels; some lines flagged), the others (and all lines without a
+        reader) through `_one`."""
         if read is None:
             for split, path, line_no, raw in lines:
                 yield self._one(split, path, line_no, raw, side)
             return
         flags, columns, labels = read
         records = iter(RecordChunk(columns, labels))
-        if flags is None:
-            for line, record in zip(lines, records):
-                yield SPLITS[line[0]], record
-            return
         for (split, path, line_no, raw), was_read in zip(lines, flags):
             yield (SPLITS[split], next(records)) if was_read else self._one(
                 split, path, line_no, raw, side)
@@ -338,10 +335,12 @@ class _ParseFn(beam.DoFn):
     def process(self, element, **side):
         chunked = isinstance(element, (list, LineChunk))
         read = self._chunk_read(element, side) if chunked else None
-        if read is not None and read[0] is None and isinstance(element, LineChunk):
+        if read is not None and read[0] is None:
             # every line read by the chunk reader: RecordChunks per split, no step per line
             records = RecordChunk(read[1], read[2])
-            yield from self._by_split(element.splits, records)
+            splits = (element.splits if isinstance(element, LineChunk)
+                      else [line[0] for line in element])
+            yield from self._by_split(splits, records)
             if records.labels:
                 self._counts.add(self._prefix + "read", len(records))
             return
@@ -438,7 +437,7 @@ def token_shard(token: str, shards: int) -> int:
 
 
 class _CountTokensFn(beam.DoFn):
-    """(tokens, label) or a chunk (list) of them -> ((field index, shard), {token: count}),
+    """(tokens, label) or a RecordChunk of them -> ((field index, shard), {token: count}),
     pre-summed per bundle; flushed when the bundle has seen `max_entries` distinct tokens so
     memory stays bounded. One dict per field and token shard instead of one element per token:
     the shuffle carries a few hundred elements per bundle, and no single key holds a whole
@@ -465,13 +464,10 @@ class _CountTokensFn(beam.DoFn):
                     yield (field, shard), part
 
     def process(self, element):
-        if isinstance(element, (list, RecordChunk)):
-            if element:
-                # one C-level Counter.update per field over the chunk's column
-                columns = (element.columns if isinstance(element, RecordChunk)
-                           else zip(*[tokens for tokens, _ in element]))
-                for table, column in zip(self._counts, columns):
-                    table.update(column)
+        if isinstance(element, RecordChunk):
+            # one C-level Counter.update per field over the chunk's column
+            for table, column in zip(self._counts, element.columns):
+                table.update(column)
             self._rows += len(element)
         else:
             for table, token in zip(self._counts, element[0]):
@@ -584,7 +580,7 @@ def _shared_encoder(names: tuple[str, ...], vocabs: dict) -> ExampleEncoder:
 
 class _EncodeFn(beam.DoFn):
     """(tokens, label) -> serialized tf.train.Example with one int64 id per field and a float
-    label (a chunk of records -> a list of them); the vocabularies come as a side input. The
+    label (a RecordChunk -> a list of them); the vocabularies come as a side input. The
     bytes are assembled by example_codec (no TensorFlow in the workers)."""
 
     def __init__(self, field_names: Sequence[str], split: str):
@@ -601,10 +597,6 @@ class _EncodeFn(beam.DoFn):
         if isinstance(record, RecordChunk):
             examples = self._encoder.encode_columns(record.columns, record.labels)
             positives = sum(record.labels)
-            self._counts.add(f"written/{self._split}", len(record))
-        elif isinstance(record, list):
-            examples = self._encoder.encode_all(record)
-            positives = sum(label for _, label in record)
             self._counts.add(f"written/{self._split}", len(record))
         else:
             tokens, positives = record
