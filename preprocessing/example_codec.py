@@ -134,10 +134,10 @@ class ExampleEncoder:
         keys = names + [float_key]
         order = sorted(range(len(keys)), key=lambda i: _upb_key_order(keys[i]))
         self._tables = [tables[i] for i in order]
+        # in field order: token -> entry (`.oov` the OOV entry), for callers that look tokens
+        # up themselves (columnar.PlainChunkEncoder) and hand the entries to `assemble`
+        self.field_tables: tuple[dict, ...] = tuple(tables[:-1])
         self._label_table = label
-        # dict.get with the OOV entry as default: no Python-level __missing__ call per OOV token
-        self._defaults = [itertools.repeat(t.oov if isinstance(t, _Ids) else None)
-                          for t in self._tables]
         self._pick = operator.itemgetter(*order)
         _grow_varints(_LEN_CACHE)
         self._prefix = [b"\x0a" + v for v in _VARINTS[:_LEN_CACHE]]
@@ -160,21 +160,29 @@ class ExampleEncoder:
     def encode_columns(self, columns: Sequence[Sequence[str]], labels: Sequence[float]
                        ) -> list[bytes]:
         """`encode` of records given column by column (one token sequence per field, in field
-        order, and the labels): one C-level map per feature over its column, then one join per
-        record."""
+        order, and the labels): one C-level map per feature over its column, then `assemble`."""
+        if not labels:
+            return []
+        return self.assemble([list(map(table.get, column, itertools.repeat(table.oov)))
+                              for table, column in zip(self.field_tables, columns)], labels)
+
+    def assemble(self, entries: Sequence[Sequence[bytes]], labels: Sequence[float]
+                 ) -> list[bytes]:
+        """The examples of records given as their entries column by column (per field, in field
+        order, the entries of `field_tables`) and their labels: one join per record."""
         if not labels:
             return []
         for value in set(labels).difference(self._label_table):
             self._label_table[value]  # fills the entry, so .get finds it
-        picked = self._pick([*columns, labels])
+        picked = self._pick([*entries, list(map(self._label_table.get, labels))])
         if len(self._tables) == 1:
             picked = (picked,)
-        entries = [list(map(table.get, column, default))
-                   for table, column, default in zip(self._tables, picked, self._defaults)]
-        bodies = list(map(b"".join, zip(*entries)))
+        bodies = list(map(b"".join, zip(*picked)))
+        prefix = self._prefix
         if max(map(len, bodies)) >= _LEN_CACHE:  # no precomputed length prefix
-            return [self.encode(tokens, label) for tokens, label in zip(zip(*columns), labels)]
-        return list(map(operator.add, map(self._prefix.__getitem__, map(len, bodies)), bodies))
+            return [(prefix[len(b)] if len(b) < _LEN_CACHE else b"\x0a" + varint(len(b))) + b
+                    for b in bodies]
+        return list(map(operator.add, map(prefix.__getitem__, map(len, bodies)), bodies))
 
 
 # ----------------------------------------------------------------------------- TFRecord framing

@@ -136,6 +136,7 @@ class FieldEncoder:
         self._order = (None if grouped == sorted(grouped)
                        else _getter([grouped.index(i) for i in range(len(grouped))]))
         self.field_columns = tuple(index for index, _, _ in self._plan)  # spec order
+        self.numeric_fields = tuple(rule is _numeric for _, _, rule in self._plan)  # spec order
 
     def tokens(self, values: Sequence[str | None]) -> tuple[str, ...]:
         raw = self._num_pick(values)

@@ -2,16 +2,17 @@
 
 Two passes over the input, both streaming (nothing is materialised between steps):
 1. vocabulary pass: read only the training lines -> parse -> count tokens -> vocabularies,
-2. encoding pass: read all lines -> parse (+ dead letters) -> per split: encode with the
-   vocabularies as a side input -> GZIP TFRecords.
+2. encoding pass: read all lines -> parse (+ dead letters) and encode, the vocabularies a side
+   input -> per split: GZIP TFRecords.
 Parsing twice costs CPU, but a single pass would make the runner hold every parsed record until
 the vocabularies are known (on the DirectRunner: the whole dataset in memory).
 Rows travel in chunks of CHUNK_ROWS lines of one file (see transforms), so the runner's
 per-element cost is paid per chunk; dead letters are still one element per bad line. Files are
 read in 1 MB blocks with the splits of a block's lines hashed at once (LineChunk). Plain
 delimited formats (Criteo) are parsed a chunk at a time into column-wise RecordChunks
-(preprocessing.columnar) that counting and encoding read column by column; the lines that need
-a closer look go one by one through the same row parser as the other formats.
+(preprocessing.columnar) that counting reads column by column; the encoding pass goes from a
+chunk's split values straight to tf.Example bytes (columnar.PlainChunkEncoder). The lines that
+need a closer look go one by one through the same row parser as the other formats.
 """
 from __future__ import annotations
 
@@ -173,17 +174,14 @@ def build(p: beam.Pipeline, spec: DatasetSpec, cfg: PreprocessConfig, inputs: Jo
         | "ComputeVocabularies" >> transforms.ComputeVocabularies(names, min_counts)
     counts.append(vocabs | "WriteVocabularies" >> transforms.WriteVocabularies(out_dir))
 
-    # Pass 2: every record, encoded per split.
-    records = (read("ReadLines", None)
-               | "ParseRecords" >> transforms.ParseRecords(parse, encoding, chunk_reader=reader,
-                                                           **side))
-    dead.append(records[transforms.DEADLETTER])
-    counts.append(records[transforms.COUNTS])
+    # Pass 2: every record, encoded (the vocabularies a side input), written per split.
+    encoded = (read("ReadLines", None)
+               | "ParseAndEncode" >> transforms.ParseRecords(
+                   parse, encoding, chunk_reader=reader, encode=(names, vocabs), **side))
+    dead.append(encoded[transforms.DEADLETTER])
+    counts.append(encoded[transforms.COUNTS])
     for split in SPLITS:
-        encoded = records[split] | f"Encode{split.title()}" >> transforms.EncodeExamples(
-            names, split, vocabs)
-        counts.append(encoded[transforms.COUNTS])
-        _ = encoded.examples | f"Write{split.title()}" >> transforms.WriteTFRecordChunks(
+        _ = encoded[split] | f"Write{split.title()}" >> transforms.WriteTFRecordChunks(
             FileSystems.join(out_dir, split, "part"), file_name_suffix=".tfrecord.gz",
             num_shards=getattr(cfg.num_shards, split), gzip_level=cfg.compression_level)
 

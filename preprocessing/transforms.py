@@ -6,13 +6,14 @@ Elements between steps:
   lines, stored column-wise),
 - records: `(tokens, label)` per split, tokens in DatasetSpec field order; chunks of records
   are RecordChunks (columnar.RecordChunk: one token column per field and the labels),
-- examples: serialized tf.train.Example bytes,
+- examples: serialized tf.train.Example bytes, made by ParseRecords in its encoding mode (the
+  job's second pass parses and encodes in one step),
 - chunks: LineChunks (or lists) of lines, RecordChunks of records, lists of examples. The
-  readers emit chunks when given a `chunk_size`; parsing, counting and encoding map a chunk to
-  chunks (per split) and a single line/record to single records/examples, so the same
-  transforms serve both. The job uses
-  chunks: the runner's per-element cost (coding, dispatch, output receivers) is then paid per
-  thousand rows. Dead letters stay one element per bad line.
+  readers emit chunks when given a `chunk_size`; parsing and counting map a chunk to chunks (per
+  split) and a single line/record to single records, so the same transforms serve both; encoding
+  gives a list of examples per split either way. The job uses chunks: the runner's per-element
+  cost (coding, dispatch, output receivers) is then paid per thousand rows. Dead letters stay
+  one element per bad line.
 - counts: `(key, number)` pairs summed into DIR/_counts.json (exact on any runner: they are data,
   not metrics). Beam Metrics counters (namespace "preprocess") mirror them for progress.
 
@@ -40,6 +41,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from configs.features import LABEL_KEY, MISSING_TOKEN, SPLITS, VOCAB_DIR
+from preprocessing import columnar
 from preprocessing.columnar import EMPTY_MISSING, RecordChunk
 from preprocessing.example_codec import ExampleEncoder, TFRecordFramer
 from preprocessing.formats import MalformedRecord, SplitAssigner
@@ -274,15 +276,23 @@ class _ParseFn(beam.DoFn):
     (LineChunk or list) of lines -> one RecordChunk per split present (dead letters one by one;
     keyed side-table records always one by one, for AsDict).
 
+    With `encode_fields` (the encoding pass) the vocabularies come as the side input
+    `vocabularies` and each split's output is a list of tf.Example bytes instead of a
+    RecordChunk; chunks the chunk reader reads whole go from the split values straight to the
+    examples (columnar.PlainChunkEncoder), and the examples are split by split, not the records.
+
     `parse(text_or_raw, line_no, **side_inputs)` returns a parsed value, None for a header line,
     or raises MalformedRecord. Empty lines are skipped and counted as `blank`."""
 
     def __init__(self, parse: Callable, encoding: str | None, count_prefix: str,
                  report_counts: bool, keyed: bool = False,
-                 chunk_reader: Callable | None = None):
+                 chunk_reader: Callable | None = None,
+                 encode_fields: Sequence[str] | None = None):
         self._parse, self._encoding = parse, encoding
         self._prefix, self._report, self._keyed = count_prefix, report_counts, keyed
         self._reader = chunk_reader
+        self._fields = tuple(encode_fields) if encode_fields is not None else None
+        self._source = self._encoder = self._chunk_encoder = None
 
     def start_bundle(self):
         self._counts = _BundleCounts(NAMESPACE if self._report else NAMESPACE + "_vocab_pass",
@@ -309,40 +319,69 @@ class _ParseFn(beam.DoFn):
             return "header", None
         return ("main" if self._keyed else SPLITS[split]), parsed
 
+    def _use_vocabularies(self, vocabs) -> None:
+        if vocabs is self._source:
+            return
+        self._source, encoder = vocabs, _shared_encoder(self._fields, vocabs)
+        if encoder is not self._encoder:  # (the chunk encoder's caches survive new bundles)
+            self._encoder = encoder
+            self._chunk_encoder = (columnar.PlainChunkEncoder(self._reader, encoder)
+                                   if isinstance(self._reader, columnar.PlainChunkReader)
+                                   else None)
+
     def _chunk_read(self, lines, side: dict):
-        """(flags, columns, labels) of the chunk reader for a chunk's lines, or None when there
-        is no reader for these lines."""
+        """(flags, columns or examples, labels) of the chunk reader (the chunk encoder when
+        encoding) for a chunk's lines, or None when there is no reader for these lines."""
         if self._reader is None or self._encoding is None or self._keyed or side:
             return None
+        encode = self._fields is not None
+        if encode and self._chunk_encoder is None:
+            return None
         raws = lines.raws if isinstance(lines, LineChunk) else [line[3] for line in lines]
-        return self._reader.read_columns(_decode_lines(raws, self._encoding),
-                                         missing_as_empty=True)
+        texts = _decode_lines(raws, self._encoding)
+        if encode:
+            return self._chunk_encoder(texts)
+        return self._reader.read_columns(texts, missing_as_empty=True)
 
     def _tagged(self, lines, side: dict, read=None):
         """(tag, value) per line of a chunk: the lines the chunk reader read (`read`: its
-        flags, columns and labels; some lines flagged), the others (and all lines without a
-        reader) through `_one`."""
+        flags, columns or examples, and labels; some lines flagged), the others (and all lines
+        without a reader) through `_one`. With a reader and `encode_fields`, a split's value is
+        (example, label) for every line."""
         if read is None:
             for split, path, line_no, raw in lines:
                 yield self._one(split, path, line_no, raw, side)
             return
-        flags, columns, labels = read
-        records = iter(RecordChunk(columns, labels))
+        flags, items, labels = read
+        if self._fields is None:
+            values = iter(RecordChunk(items, labels))
+        else:
+            values = zip(items, labels)
+        encode = self._encoder.encode if self._fields is not None else None
         for (split, path, line_no, raw), was_read in zip(lines, flags):
-            yield (SPLITS[split], next(records)) if was_read else self._one(
-                split, path, line_no, raw, side)
+            if was_read:
+                yield SPLITS[split], next(values)
+                continue
+            tag, value = self._one(split, path, line_no, raw, side)
+            if encode is not None and tag in SPLITS:
+                value = (encode(*value), value[1])
+            yield tag, value
 
     def process(self, element, **side):
+        if self._fields is not None:
+            self._use_vocabularies(side.pop("vocabularies"))
         chunked = isinstance(element, (list, LineChunk))
         read = self._chunk_read(element, side) if chunked else None
         if read is not None and read[0] is None:
-            # every line read by the chunk reader: RecordChunks per split, no step per line
-            records = RecordChunk(read[1], read[2])
+            # every line read by the chunk reader: one output per split, no step per line
             splits = (element.splits if isinstance(element, LineChunk)
                       else [line[0] for line in element])
-            yield from self._by_split(splits, records)
-            if records.labels:
-                self._counts.add(self._prefix + "read", len(records))
+            if self._fields is None:
+                yield from self._by_split(splits, RecordChunk(read[1], read[2]))
+            else:
+                yield from self._examples_by_split(splits, read[1], read[2])
+            if read[2]:
+                self._counts.add(self._prefix + "read", len(read[2]))
             return
         groups: dict[str, list] = {}
         tally = dict.fromkeys(("blank", "header", DEADLETTER), 0)
@@ -358,17 +397,28 @@ class _ParseFn(beam.DoFn):
                 group.append(value)
             else:
                 groups[tag] = groups.get(tag, 0) + 1
-                yield pvalue.TaggedOutput(tag, value)
-        read = tally[DEADLETTER]
+                if self._fields is not None:  # a single line: a list of one example
+                    yield from self._examples(tag, [self._encoder.encode(*value)], [value[1]])
+                else:
+                    yield pvalue.TaggedOutput(tag, value)
+        read_rows = tally[DEADLETTER]
         for tag, values in groups.items():
-            if isinstance(values, list):
-                read += len(values)
+            if not isinstance(values, list):
+                read_rows += values
+                continue
+            read_rows += len(values)
+            if self._fields is None:
                 yield pvalue.TaggedOutput(tag, RecordChunk.from_records(values))
+            elif read is not None:  # (example, label) pairs
+                yield from self._examples(tag, [e for e, _ in values], [y for _, y in values])
             else:
-                read += values
+                records = RecordChunk.from_records(values)
+                yield from self._examples(
+                    tag, self._encoder.encode_columns(records.columns, records.labels),
+                    records.labels)
         counts, prefix = self._counts, self._prefix
-        if read:
-            counts.add(prefix + "read", read)
+        if read_rows:
+            counts.add(prefix + "read", read_rows)
         for key, n in tally.items():
             if n:
                 counts.add(prefix + key, n)
@@ -386,6 +436,28 @@ class _ParseFn(beam.DoFn):
             indices = [i for i, split in enumerate(splits) if split == index]
             if indices:
                 yield pvalue.TaggedOutput(name, records.select(indices))
+
+    def _examples_by_split(self, splits: list[int], examples: list[bytes], labels: list):
+        """`_examples` per split present, each with its lines' examples in line order."""
+        if not labels:
+            return
+        first = splits[0]
+        if splits.count(first) == len(splits):
+            yield from self._examples(SPLITS[first], examples, labels)
+            return
+        for index, name in enumerate(SPLITS):
+            keep = [split == index for split in splits]
+            if any(keep):
+                yield from self._examples(name, list(itertools.compress(examples, keep)),
+                                          list(itertools.compress(labels, keep)))
+
+    def _examples(self, split: str, examples: list[bytes], labels: Sequence[float]):
+        """One split's examples as one output element, counted as written (and label sum)."""
+        self._counts.add(f"written/{split}", len(examples))
+        positives = sum(labels)
+        if positives:
+            self._counts.add(f"label_sum/{split}", positives)
+        yield pvalue.TaggedOutput(split, examples)
 
     def finish_bundle(self):
         yield from self._counts.finish()
@@ -414,18 +486,30 @@ class ParseRecords(beam.PTransform):
     """Lines -> tagged outputs: one per split ("train", "valid", "test"; or "main" when `keyed`,
     for side tables), "deadletter" (dicts) and "counts". `chunk_reader` (optional, e.g.
     columnar.PlainChunkReader): reads the decoded lines of a chunk at once, giving the records
-    `parse` gives; the lines it flags go through `parse`."""
+    `parse` gives; the lines it flags go through `parse`.
+
+    `encode=(field_names, vocabularies)` (a PCollection of the vocabularies dict, one element):
+    each split's output holds lists of serialized tf.Example bytes (one id per field and the
+    label), and "counts" also has `written/<split>` and `label_sum/<split>`."""
 
     def __init__(self, parse: Callable, encoding: str | None, count_prefix: str = "",
                  report_counts: bool = True, keyed: bool = False,
-                 chunk_reader: Callable | None = None, **side_inputs):
+                 chunk_reader: Callable | None = None, encode: tuple | None = None,
+                 **side_inputs):
         super().__init__()
-        self._fn = _ParseFn(parse, encoding, count_prefix, report_counts, keyed, chunk_reader)
+        if encode is not None and keyed:
+            raise ValueError("keyed (side-table) records are not encoded")
+        fields, self._vocabs = encode if encode is not None else (None, None)
+        self._fn = _ParseFn(parse, encoding, count_prefix, report_counts, keyed, chunk_reader,
+                            fields)
         self._keyed, self._side = keyed, side_inputs
 
     def expand(self, lines):
         tags = ["main"] if self._keyed else list(SPLITS)
-        return lines | "Parse" >> beam.ParDo(self._fn, **self._side).with_outputs(
+        side = dict(self._side)
+        if self._vocabs is not None:
+            side["vocabularies"] = beam.pvalue.AsSingleton(self._vocabs)
+        return lines | "Parse" >> beam.ParDo(self._fn, **side).with_outputs(
             DEADLETTER, COUNTS, *tags)
 
 
@@ -576,51 +660,6 @@ def _shared_encoder(names: tuple[str, ...], vocabs: dict) -> ExampleEncoder:
     if cached is None or (cached[0] is not vocabs and cached[0] != vocabs):
         cached = _ENCODERS[names] = (vocabs, ExampleEncoder(names, LABEL_KEY, vocabs))
     return cached[1]
-
-
-class _EncodeFn(beam.DoFn):
-    """(tokens, label) -> serialized tf.train.Example with one int64 id per field and a float
-    label (a RecordChunk -> a list of them); the vocabularies come as a side input. The
-    bytes are assembled by example_codec (no TensorFlow in the workers)."""
-
-    def __init__(self, field_names: Sequence[str], split: str):
-        self._names, self._split = tuple(field_names), split
-        self._source = None
-
-    def start_bundle(self):
-        self._counts = _BundleCounts(NAMESPACE, True)
-
-    def process(self, record, vocabs):
-        if vocabs is not self._source:
-            self._encoder = _shared_encoder(self._names, vocabs)
-            self._source = vocabs
-        if isinstance(record, RecordChunk):
-            examples = self._encoder.encode_columns(record.columns, record.labels)
-            positives = sum(record.labels)
-            self._counts.add(f"written/{self._split}", len(record))
-        else:
-            tokens, positives = record
-            examples = self._encoder.encode(tokens, positives)
-            self._counts.add(f"written/{self._split}")
-        if positives:
-            self._counts.add(f"label_sum/{self._split}", positives)
-        yield examples
-
-    def finish_bundle(self):
-        yield from self._counts.finish()
-
-
-class EncodeExamples(beam.PTransform):
-    """Records of one split -> tf.Example bytes (main) and "counts"."""
-
-    def __init__(self, field_names, split: str, vocabs):
-        super().__init__()
-        self._fn, self._vocabs = _EncodeFn(field_names, split), vocabs
-
-    def expand(self, records):
-        return records | "ToExample" >> beam.ParDo(
-            self._fn, vocabs=beam.pvalue.AsSingleton(self._vocabs)).with_outputs(
-            COUNTS, main="examples")
 
 
 # ----------------------------------------------------------------------------- writing

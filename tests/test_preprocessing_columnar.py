@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from configs.features import MISSING_TOKEN, dataset_spec
 from preprocessing import example_codec, transforms
-from preprocessing.columnar import PlainChunkReader
+from preprocessing.columnar import PlainChunkEncoder, PlainChunkReader
 from preprocessing.formats import FieldEncoder, MalformedRecord, line_parser, split_index
 
 INMEM = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
@@ -45,6 +45,55 @@ def _criteo_lines(n: int, seed: int, odd: float) -> list[str]:
             columns = [""] * 40
         lines.append("\t".join(columns))
     return lines
+
+
+def _vocabularies(spec, texts):
+    """Every token the row parser gives `texts`, in a fixed order, minus every fifth (OOV)."""
+    parser = line_parser(spec)
+    tokens = [set() for _ in spec.fields]
+    for text in texts:
+        record = _reference(parser, text)
+        if record:
+            for seen, token in zip(tokens, record[0]):
+                seen.add(token)
+    return {f.name: [t for i, t in enumerate(sorted(seen)) if i % 5]
+            for f, seen in zip(spec.fields, tokens)}
+
+
+@pytest.mark.parametrize("odd", [0.0, 0.02, 0.3])
+def test_plain_chunk_encoder_equals_reader_then_encoder(odd):
+    """PlainChunkEncoder gives the flags of PlainChunkReader and, for the lines read, the bytes
+    of ExampleEncoder.encode_columns on the reader's columns: numeric values through its
+    per-field caches (also when full), categoricals with and without whitespace, missing values,
+    OOV tokens, unusual labels and malformed lines."""
+    spec = dataset_spec("criteo")
+    texts = _criteo_lines(900, seed=11, odd=odd)
+    encoder = example_codec.ExampleEncoder(spec.field_names, "label",
+                                           _vocabularies(spec, texts))
+    reader = PlainChunkReader.of(line_parser(spec))
+    chunk_encoder = PlainChunkEncoder(PlainChunkReader.of(line_parser(spec)), encoder)
+    for start in range(0, len(texts), 100):
+        chunk = texts[start:start + 100]
+        flags, columns, labels = reader.read_columns(chunk)
+        got_flags, examples, got_labels = chunk_encoder(chunk)
+        assert got_flags == flags and got_labels == labels
+        assert examples == encoder.encode_columns(columns, labels)
+        if odd == 0.3:
+            assert flags is not None and 0 < sum(flags) < len(chunk)
+        # the second time through the numeric entries come from the caches
+        assert chunk_encoder(chunk) == (flags, examples, labels)
+    from preprocessing import columnar
+
+    full = PlainChunkEncoder(reader, encoder)
+    old, columnar._ENTRY_CACHE = columnar._ENTRY_CACHE, 3
+    try:
+        for start in range(0, len(texts), 100):
+            chunk = texts[start:start + 100]
+            flags, columns, labels = reader.read_columns(chunk)
+            assert full(chunk) == (flags, encoder.encode_columns(columns, labels), labels)
+        assert all(len(cache) <= 3 for _, _, cache in full._plan if cache is not None)
+    finally:
+        columnar._ENTRY_CACHE = old
 
 
 def _reference(parser, text):
@@ -162,6 +211,9 @@ def test_parse_records_with_chunk_reader_equals_row_by_row():
     p = test_pipeline.TestPipeline(argv=INMEM)
     outputs = {}
     reader = PlainChunkReader.of(line_parser(spec))
+    vocab = _vocabularies(spec, [raw.decode("utf-8", "replace") for raw in lines])
+    vocab_in = p | "Vocab" >> beam.Create([vocab])
+    encoder = example_codec.ExampleEncoder(spec.field_names, "label", vocab)
     for name, reader, inputs in (("rows", None, chunks), ("chunks", reader, chunks),
                                  ("linechunks", reader, line_chunks)):
         parsed = (p | f"Create{name}" >> beam.Create(inputs)
@@ -173,6 +225,17 @@ def test_parse_records_with_chunk_reader_equals_row_by_row():
         outputs[name]["dead"] = parsed.deadletter | f"Dead{name}" >> beam.Map(
             lambda d: (d["line"], d["reason"]))
         outputs[name]["counts"] = parsed.counts | f"Sum{name}" >> beam.CombinePerKey(sum)
+        # the encoding pass over the same lines: per split, the bytes of the expected records
+        encoded = (p | f"Again{name}" >> beam.Create(inputs)
+                   | f"Encode{name}" >> transforms.ParseRecords(
+                       _LineParse(line_parser(spec)), "utf-8", chunk_reader=reader,
+                       encode=(spec.field_names, vocab_in)))
+        for split in ("train", "valid", "test"):
+            outputs[name]["examples_" + split] = encoded[split] | f"FlatEx{split}{name}" >> (
+                beam.FlatMap(lambda examples: examples))
+        outputs[name]["written"] = (encoded.counts | f"Written{name}" >> beam.CombinePerKey(sum)
+                                    | f"OnlyWritten{name}" >> beam.Filter(
+                                        lambda kv: kv[0].startswith("written/")))
     expected_parser = line_parser(spec)
     expected = {"train": [], "valid": [], "test": []}
     dead, blank = [], 0
@@ -195,6 +258,13 @@ def test_parse_records_with_chunk_reader_equals_row_by_row():
                     equal_to([("read", 900 - blank), ("deadletter", len(dead)),
                               ("blank", blank)]),
                     label=f"{name}counts")
+        for split in ("train", "valid", "test"):
+            assert_that(outputs[name]["examples_" + split],
+                        equal_to([encoder.encode(*r) for r in expected[split]]),
+                        label=f"{name}examples{split}")
+        assert_that(outputs[name]["written"],
+                    equal_to([(f"written/{s}", len(expected[s])) for s in expected]),
+                    label=f"{name}written")
     # the reasons too: identical row by row and chunked
     both = [outputs[n]["dead"] | f"Tag{n}" >> beam.Map(lambda d, n=n: (d, n))
             for n in ("rows", "chunks", "linechunks")]
@@ -251,8 +321,9 @@ def test_read_with_line_numbers(tmp_path, only, chunk):
 
 def test_fast_path_vocab_and_examples_equal_row_path():
     """LineChunks read by the chunk reader (missing categoricals left as "" in RecordChunks,
-    mixed splits cut with RecordChunk.select) give the same vocabularies and the same
-    tf.Example bytes as the row parser on one-by-one lines."""
+    mixed splits cut with RecordChunk.select) give the same vocabularies, and encoded by the
+    chunk encoder (examples split by split) the same tf.Example bytes, as the row parser on
+    one-by-one lines."""
     spec = dataset_spec("criteo", {"default_min_count": 1})
     texts = _criteo_lines(400, seed=5, odd=0.0)
     rng = random.Random(0)
@@ -271,17 +342,18 @@ def test_fast_path_vocab_and_examples_equal_row_path():
     out = {}
     for name, inputs, reader in (("rows", elements, None),
                                  ("fast", line_chunks, PlainChunkReader.of(line_parser(spec)))):
-        parsed = (p | f"Create{name}" >> beam.Create(inputs)
-                  | f"Parse{name}" >> transforms.ParseRecords(
-                      _LineParse(line_parser(spec)), "utf-8", chunk_reader=reader))
+        lines_in = p | f"Create{name}" >> beam.Create(inputs)
+        parsed = lines_in | f"Parse{name}" >> transforms.ParseRecords(
+            _LineParse(line_parser(spec)), "utf-8", chunk_reader=reader)
         vocabs = parsed.train | f"Vocab{name}" >> transforms.ComputeVocabularies(
             names, [1] * len(names))
         out[name] = {"vocab": vocabs}
+        encoded = (lines_in | f"Encode{name}" >> transforms.ParseRecords(
+            _LineParse(line_parser(spec)), "utf-8", chunk_reader=reader,
+            encode=(names, vocabs)))
         for split in ("train", "valid", "test"):
-            encoded = parsed[split] | f"Encode{split}{name}" >> transforms.EncodeExamples(
-                names, split, vocabs)
-            out[name][split] = encoded.examples | f"Flat{split}{name}" >> beam.FlatMap(
-                lambda e: e if isinstance(e, list) else [e])
+            out[name][split] = encoded[split] | f"Flat{split}{name}" >> beam.FlatMap(
+                lambda e: e)
     from configs.features import MISSING_TOKEN
 
     def check_vocab(pair):

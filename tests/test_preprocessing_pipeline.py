@@ -9,7 +9,6 @@ import sys
 
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.metricbase import MetricName
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -52,7 +51,8 @@ def _decode(raw, example_pb2):
 # ----------------------------------------------------------------------------- transforms
 
 def test_parse_vocab_encode_golden_with_counters():
-    """Hand-written Criteo lines through ParseRecords, ComputeVocabularies, EncodeExamples."""
+    """Hand-written Criteo lines through ParseRecords, ComputeVocabularies and ParseRecords
+    again, encoding (the job's two passes)."""
     spec = dataset_spec("criteo", {"fields": [{"name": "I1", "kind": "numeric"},
                                               {"name": "C1", "min_count": 2}],
                                    "default_min_count": 1})
@@ -61,8 +61,9 @@ def test_parse_vocab_encode_golden_with_counters():
     elements = [(0, "f.txt", i + 1, ln.encode()) for i, ln in enumerate(lines)]
     elements.append((0, "f.txt", 9, b"\xff\xfe" + lines[0].encode()))
     p = test_pipeline.TestPipeline(argv=INMEM)
-    parsed = (p | beam.Create(elements)
-              | transforms.ParseRecords(_LineParse(line_parser(spec)), "utf-8"))
+    lines_in = p | beam.Create(elements)
+    parsed = lines_in | "Count" >> transforms.ParseRecords(_LineParse(line_parser(spec)), "utf-8",
+                                                          report_counts=False)
     assert_that(parsed.train, equal_to([(("L2", "b"), 1.0), (("L2", "a"), 0.0),
                                         ((MISSING_TOKEN, "b"), 0.0), (("0", "c"), 1.0)]),
                 label="train")
@@ -73,14 +74,16 @@ def test_parse_vocab_encode_golden_with_counters():
     # I1: L0 x2, 0 x1, __missing__ x1 (ties by bytes: "0" < "__missing__"); C1: only b reaches 2.
     assert_that(vocabs, equal_to([{"I1": [("L2", 2), ("0", 1), (MISSING_TOKEN, 1)],
                                    "C1": [("b", 2)]}]), label="vocab")
-    encoded = parsed.train | transforms.EncodeExamples(["I1", "C1"], "train", vocabs)
+    encoded = lines_in | "Encode" >> transforms.ParseRecords(
+        _LineParse(line_parser(spec)), "utf-8", encode=(["I1", "C1"], vocabs))
 
     def ids(raw):
         from tensorflow.core.example import example_pb2
         f = example_pb2.Example.FromString(raw).features.feature
         return f["I1"].int64_list.value[0], f["C1"].int64_list.value[0], f["label"].float_list.value[0]
 
-    assert_that(encoded.examples | beam.Map(ids),
+    assert_that(encoded.train | beam.Map(len), equal_to([1] * 4), label="one_per_line")
+    assert_that(encoded.train | beam.FlatMap(lambda examples: examples) | beam.Map(ids),
                 equal_to([(1, 1, 1.0), (1, 0, 0.0), (3, 1, 0.0), (2, 0, 1.0)]), label="ids")
     result = p.run()
     result.wait_until_finish()
@@ -319,8 +322,8 @@ def test_chunked_elements_give_the_same_records_vocab_examples_and_counts(tmp_pa
     elements = [(i % 2, "f.txt", i + 1, ln.encode()) for i, ln in enumerate(lines)]
     chunks = [elements[:3], elements[3:7], elements[7:]]
     p = test_pipeline.TestPipeline(argv=INMEM)
-    parsed = (p | beam.Create(chunks)
-              | transforms.ParseRecords(_LineParse(line_parser(spec)), "utf-8"))
+    chunks_in = p | beam.Create(chunks)
+    parsed = chunks_in | transforms.ParseRecords(_LineParse(line_parser(spec)), "utf-8")
     assert_that(parsed.train | "FlatTrain" >> beam.FlatMap(lambda chunk: chunk),
                 equal_to([(("L2", "b"), 1.0), ((MISSING_TOKEN, "b"), 0.0), (("0", "c"), 1.0)]),
                 label="train")
@@ -332,17 +335,22 @@ def test_chunked_elements_give_the_same_records_vocab_examples_and_counts(tmp_pa
     vocabs = parsed.train | transforms.ComputeVocabularies(["I1", "C1"], [1, 2])
     assert_that(vocabs, equal_to([{"I1": [("0", 1), ("L2", 1), (MISSING_TOKEN, 1)],
                                    "C1": [("b", 2)]}]), label="vocab")
-    encoded = parsed.train | transforms.EncodeExamples(["I1", "C1"], "train", vocabs)
+    encoded = chunks_in | "Encode" >> transforms.ParseRecords(
+        _LineParse(line_parser(spec)), "utf-8", encode=(["I1", "C1"], vocabs))
 
     def ids(raw):
         from tensorflow.core.example import example_pb2
         f = example_pb2.Example.FromString(raw).features.feature
         return f["I1"].int64_list.value[0], f["C1"].int64_list.value[0], f["label"].float_list.value[0]
 
-    assert_that(encoded.examples | beam.FlatMap(lambda chunk: chunk) | beam.Map(ids),
+    assert_that(encoded.train | beam.FlatMap(lambda chunk: chunk) | beam.Map(ids),
                 equal_to([(2, 1, 1.0), (3, 1, 0.0), (1, 0, 1.0)]), label="ids")
+    assert_that(encoded.valid | "ValidLen" >> beam.Map(len), equal_to([1, 1]),
+                label="valid_lists")
     assert_that(encoded.counts | "SumWritten" >> beam.CombinePerKey(sum),
-                equal_to([("written/train", 3), ("label_sum/train", 2.0)]), label="written")
+                equal_to([("read", 7), ("deadletter", 2), ("blank", 1), ("written/train", 3),
+                          ("label_sum/train", 2.0), ("written/valid", 2),
+                          ("label_sum/valid", 1.0)]), label="written")
     records = [b"r%d" % i for i in range(10)]
     _ = (p | "Records" >> beam.Create([records])
          | transforms.WriteTFRecordChunks(str(tmp_path / "w" / "part"), ".tfrecord.gz", 3,
