@@ -1,6 +1,7 @@
 """Throughput and memory of the preprocessing job against a bare Beam read of the same files.
 
-    python -m benchmarks.preprocess [--rows 1000000] [--shards 4] [--workdir DIR] [Beam options]
+    python -m benchmarks.preprocess [--rows 1000000] [--shards 4] [--repeat 3] [--workdir DIR]
+        [Beam options]
 
 Generates `rows` and `4 * rows` synthetic Criteo-format rows (preprocessing.synthetic) split over
 `--shards` files (the job reads each file sequentially, so parallelism comes from files), then
@@ -10,8 +11,11 @@ multi-process, 2 workers):
 - job:  python -m preprocessing.run --dataset criteo.
 Wall time includes start-up. Memory: the peak of the summed RSS of the subprocess tree (polled
 from /proc every 0.2 s) and the largest single-process max RSS (getrusage of the children).
-Last line: `overhead_ratio=<job time / bare time at 4x rows> rows_per_s=<job rows/s at 4x rows>
-mem_ratio_4x=<job peak tree RSS at 4x rows / at 1x rows>`.
+At 4x rows the bare read and the job run `--repeat` times, alternately, because this machine's
+speed drifts by tens of percent between runs (and a ratio of two runs minutes apart measures the
+drift). Last line: `overhead_ratio=<median over the pairs of job time / bare time at 4x rows>
+rows_per_s=<job rows/s at 4x rows, median run> mem_ratio_4x=<largest job peak tree RSS at 4x
+rows / at 1x rows>`.
 """
 from __future__ import annotations
 
@@ -98,6 +102,7 @@ def measure(cmd: list[str]) -> dict:
 
 
 def bench(pattern: str, rows: int, workdir: str, beam_args: list[str]) -> dict:
+    """One bare read, then one job run, of the same files."""
     count_file = os.path.join(workdir, f"count-{rows}.txt")
     bare = measure([sys.executable, "-c", _BARE, pattern, count_file, *beam_args])
     counted = int(open(count_file).read())
@@ -113,15 +118,26 @@ def bench(pattern: str, rows: int, workdir: str, beam_args: list[str]) -> dict:
     return {"bare": bare, "job": job}
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--shards", type=int, default=4, help="input files per dataset")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="bare/job pairs at 4x rows, run alternately (this machine's speed "
+                             "drifts between runs; the median pair ratio is reported)")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--data-root", default=None,
                         help="unused by the synthetic benchmark; accepted for symmetry with the "
                              "other benchmarks")
     args, beam_args = parser.parse_known_args(argv)
+    if args.repeat < 1 or args.rows < 1:
+        parser.error(f"--rows and --repeat must be >= 1, got {args.rows} and {args.repeat}")
     beam_args = beam_args or DEFAULT_BEAM
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-preprocess-")
     results = {}
@@ -131,22 +147,31 @@ def main(argv=None) -> int:
             pattern = write_rows(os.path.join(workdir, f"data-{rows}"), rows, args.shards)
             print(f"generated {rows:,} rows in {args.shards} files "
                   f"({time.perf_counter() - t0:.1f} s)", flush=True)
-            res = results[rows] = bench(pattern, rows, workdir, beam_args)
-            for name in ("bare", "job"):
-                r = res[name]
-                print(f"  {name:<4} {rows:>10,} rows  {r['seconds']:7.1f} s  "
-                      f"{rows / r['seconds']:10,.0f} rows/s  peak tree RSS "
-                      f"{r['peak_tree_mb']:7.0f} MB  largest process {r['max_process_mb']:6.0f} MB",
-                      flush=True)
+            pairs = results[rows] = []
+            for _ in range(args.repeat if rows > args.rows else 1):
+                pairs.append(bench(pattern, rows, workdir, beam_args))
+                for name in ("bare", "job"):
+                    r = pairs[-1][name]
+                    print(f"  {name:<4} {rows:>10,} rows  {r['seconds']:7.1f} s  "
+                          f"{rows / r['seconds']:10,.0f} rows/s  peak tree RSS "
+                          f"{r['peak_tree_mb']:7.0f} MB  largest process "
+                          f"{r['max_process_mb']:6.0f} MB", flush=True)
+                if rows > args.rows:
+                    print(f"  ratio job/bare {pairs[-1]['job']['seconds'] / pairs[-1]['bare']['seconds']:.2f}",
+                          flush=True)
             shutil.rmtree(os.path.join(workdir, f"data-{rows}"))
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     small, big = results[args.rows], results[4 * args.rows]
-    overhead = big["job"]["seconds"] / big["bare"]["seconds"]
-    rate = 4 * args.rows / big["job"]["seconds"]
-    mem_ratio = big["job"]["peak_tree_mb"] / small["job"]["peak_tree_mb"]
-    print(f"runner args: {' '.join(beam_args)}")
+    # each pair ran back to back, so its ratio shares the machine's speed at that time
+    overhead = median([p["job"]["seconds"] / p["bare"]["seconds"] for p in big])
+    rate = 4 * args.rows / median([p["job"]["seconds"] for p in big])
+    mem_ratio = (max(p["job"]["peak_tree_mb"] for p in big)
+                 / max(p["job"]["peak_tree_mb"] for p in small))
+    print(f"runner args: {' '.join(beam_args)}; {len(big)} bare/job pair(s) at "
+          f"{4 * args.rows:,} rows: overhead_ratio is the median of their ratios, rows_per_s "
+          f"the median job's, mem_ratio_4x the largest job peak over the {args.rows:,}-row one")
     print(f"overhead_ratio={overhead:.2f} rows_per_s={rate:.0f} mem_ratio_4x={mem_ratio:.2f}")
     return 0
 
