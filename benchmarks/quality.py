@@ -6,9 +6,11 @@
 
 For each dataset (preprocessed once with the Beam job into WORKDIR/data/NAME), backbone and seed:
 FDE at 8, 16 and 32 (the frontier), RaS (random dims over the candidates), AutoDim-s, AutoDim
-(search, then retrain) and AutoDim with `search.derive=validated` (`autodim_validated`: the same
+(search, then retrain), AutoDim with `search.derive=validated` (`autodim_validated`: the same
 seed's AutoDim search re-derived, then retrained, so the two rows differ only by the
-derivation). Criteo and Avazu samples get one seed (they only show the pipeline runs on real
+derivation) and AutoDim with the parameter cost chosen on validation (`autodim_tuned`: a search
+and retraining per `--tune-costs` value, the one at the preset's cost copied from the same
+seed's `autodim` run; pipeline/tuning.py keeps the best validation AUC). Criteo and Avazu samples get one seed (they only show the pipeline runs on real
 logs; too small for quality claims). Every run is resumable: rerunning the command skips
 finished runs. Writes a markdown table (mean and std over seeds) to --output, with the command.
 Skips cleanly when --data-root does not exist.
@@ -26,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 FRONTIER = (8, 16, 32)
-SEARCHED = ("ras", "autodim_s", "autodim", "autodim_validated")
+SEARCHED = ("ras", "autodim_s", "autodim", "autodim_validated", "autodim_tuned")
+TUNE_COSTS = (0.01, 0.05)
 INPUTS = {
     "movielens-100k": "movielens-100k",
     "frappe": "frappe/*.libfm",
@@ -47,7 +50,7 @@ def preprocess(data_root: Path, work: Path, dataset: str) -> Path:
 
 
 def one_run(data: Path, run_dir: Path, dataset: str, backbone: str, seed: int, method: str,
-            extra_sets: list[str]) -> dict:
+            extra_sets: list[str], tune_costs=TUNE_COSTS) -> dict:
     from configs.experiment import preset_for_dataset, resolve
     from pipeline.retrain import retrain
     from pipeline.search import run_search
@@ -65,6 +68,16 @@ def one_run(data: Path, run_dir: Path, dataset: str, backbone: str, seed: int, m
         m = retrain(str(data), f"fde:{method[3:]}", str(run_dir), cfg, quiet=True)
     elif method == "ras":
         m = retrain(str(data), f"random:{seed}", str(run_dir), cfg, quiet=True)
+    elif method == "autodim_tuned":
+        from pipeline.tuning import tune_param_cost
+
+        reuse_for_tuning(run_dir, cfg.search.param_cost, tune_costs)
+        selection = tune_param_cost(str(data), run_dir, cfg, tune_costs, quiet=True)
+        chosen = selection["candidates"][selection["chosen"]]
+        m = json.loads((Path(chosen["retrain_dir"]) / "metrics.json").read_text(encoding="utf-8"))
+        m["param_cost"] = chosen["param_cost"]
+        m["candidates"] = [{k: c[k] for k in ("param_cost", "best_valid_auc", "test_auc", "params")}
+                           for c in selection["candidates"]]
     else:
         run_search(str(data), str(run_dir / "search"), cfg, quiet=True)
         m = retrain(str(data), str(run_dir / "search" / "dims.json"), str(run_dir / "retrain"),
@@ -82,6 +95,27 @@ def reuse_search(run_dir: Path) -> bool:
     if not (source / "dims.json").exists() or target.exists():
         return False
     shutil.copytree(source, target)
+    return True
+
+
+def reuse_for_tuning(run_dir: Path, preset_cost: float, costs) -> bool:
+    """autodim_tuned's candidate at the preset's own cost is the same seed's finished `autodim`
+    run (search and retraining; the same config, so they resume as finished): copied, not run
+    again. Returns whether it was copied."""
+    from pipeline.tuning import cost_label
+
+    if preset_cost not in costs:
+        return False
+    label = cost_label(preset_cost)
+    source = run_dir.parent / "autodim"
+    pairs = [(source / "search", run_dir / f"search_cost{label}"),
+             (source / "retrain", run_dir / f"retrain_cost{label}")]
+    if not all((s / name).exists() for (s, _), name in zip(pairs, ("dims.json", "metrics.json"))):
+        return False
+    if any(target.exists() for _, target in pairs):
+        return False
+    for source_dir, target in pairs:
+        shutil.copytree(source_dir, target)
     return True
 
 
@@ -119,7 +153,8 @@ def summarise(results: dict, frontier_dims=FRONTIER) -> list[str]:
             dims = runs[0].get("dims", {})
             dims_text = " ".join(str(dims[k]) for k in dims) if method in SEARCHED else ""
             corr = ""
-            if len(runs) > 1 and method in ("autodim", "autodim_s", "autodim_validated"):
+            if len(runs) > 1 and method in ("autodim", "autodim_s", "autodim_validated",
+                                            "autodim_tuned"):
                 vecs = [np.array(list(m["dims"].values()), float) for m in runs]
                 cs = [np.corrcoef(a, b)[0, 1] for i, a in enumerate(vecs) for b in vecs[i + 1:]
                       if a.std() > 0 and b.std() > 0]
@@ -149,7 +184,17 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="BENCHMARKS.md")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every run")
+    parser.add_argument("--tune-costs", default=",".join(map(str, TUNE_COSTS)),
+                        help="autodim_tuned: the search.param_cost values it chooses among on "
+                             "validation AUC")
     args = parser.parse_args(argv)
+    from configs.loader import ConfigError
+    from pipeline.tuning import parse_costs
+
+    try:
+        tune_costs = parse_costs(args.tune_costs)
+    except ConfigError as exc:
+        parser.error(str(exc).replace("--param_costs", "--tune-costs"))
     root = Path(args.data_root)
     if not root.is_dir():
         print(f"skipped: data root {root} does not exist (the licensed datasets are not part of "
@@ -180,7 +225,8 @@ def main(argv=None) -> int:
             for seed in ds_seeds:
                 for method in methods:
                     run_dir = work / dataset / backbone / f"seed{seed}" / method
-                    m = one_run(data, run_dir, dataset, backbone, seed, method, args.set)
+                    m = one_run(data, run_dir, dataset, backbone, seed, method, args.set,
+                                tune_costs)
                     results.setdefault((dataset, backbone), {}).setdefault(method, []).append(m)
                     print(f"{dataset} {backbone} seed {seed} {method}: test AUC "
                           f"{m['test_auc']:.4f} logloss {m['test_logloss']:.4f} params "

@@ -2,21 +2,27 @@
 
     python -m pipeline.run --dataset criteo --input 'logs/*.txt' --workdir runs/criteo \
         [--config FILE] [--preset NAME] [--set key=value ...] [--fde_dim 32] [--no_export]
+        [--param_costs 0.01,0.05 [--cost_tolerance 0.0]]
     python -m pipeline.run --demo [--rows 100000] --workdir runs/demo
 
-Stages (each skipped when its output is already complete, so a rerun resumes):
+Stages (each skipped when its output is already complete, so a rerun resumes; once WORKDIR/data
+is complete, --dataset and --input may be left out):
   WORKDIR/data            the Beam job's output (unless data/schema.json exists)
   WORKDIR/search          the dimension search -> dims.json
   WORKDIR/retrain_autodim the searched dimensions retrained -> metrics.json
   WORKDIR/retrain_fde<D>  the FDE baseline (every field at D) -> metrics.json
   WORKDIR/exports         the AutoDim model as a TF Serving SavedModel
   WORKDIR/summary.json    AutoDim against FDE (and the planted truth, for --demo)
+With --param_costs C1,C2,... the search and its retraining run once per parameter cost
+(WORKDIR/search_cost<C>, WORKDIR/retrain_cost<C>) and the model with the best validation AUC is
+kept, evaluated and exported (WORKDIR/param_cost_selection.json; pipeline/tuning.py).
 `--demo` first writes the built-in synthetic dataset (Criteo format, planted structure) to
 WORKDIR/raw/.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -33,7 +39,18 @@ def run(args) -> dict:
     from pipeline.runtime import atomic_write_json
     from pipeline.search import format_dims, run_search
 
+    costs = None
+    if args.param_costs is not None:  # checked before anything runs
+        from pipeline.tuning import parse_costs
+
+        costs = parse_costs(args.param_costs)
+    if args.cost_tolerance < 0 or args.cost_tolerance != args.cost_tolerance:
+        raise ConfigError(f"--cost_tolerance must be >= 0, got {args.cost_tolerance}")
     work = Path(args.workdir)
+    data = work / "data"
+    if not args.demo and not (data / SCHEMA_FILE).exists() and not (args.dataset and args.input):
+        raise ConfigError(f"--dataset and --input are required (or --demo): {data} holds no "
+                          f"preprocessed data yet")
     work.mkdir(parents=True, exist_ok=True)
     truth = None
     if args.demo:
@@ -45,15 +62,11 @@ def run(args) -> dict:
             raw.parent.mkdir(parents=True, exist_ok=True)
             print(f"[1/5] writing {args.rows:,} synthetic rows with planted structure to {raw}")
             synthetic.generate(str(raw), args.rows, args.seed)
-        import json
         truth = json.loads(truth_path.read_text(encoding="utf-8"))
         dataset, input_glob = "criteo", str(raw)
     else:
-        if not args.dataset or not args.input:
-            raise ConfigError("--dataset and --input are required (or --demo)")
         dataset, input_glob = args.dataset, args.input
 
-    data = work / "data"
     if not (data / SCHEMA_FILE).exists():
         from preprocessing import run as preprocess
 
@@ -67,11 +80,27 @@ def run(args) -> dict:
     preset = args.preset or ("synthetic" if args.demo else preset_for_dataset(schema.dataset))
     cfg = resolve(preset, args.config, args.set)
 
-    print(f"[3/5] searching dimensions (preset {preset}) -> {work / 'search'}")
-    dims = run_search(str(data), str(work / "search"), cfg, quiet=args.quiet, preset=preset)
-    print(f"[4/5] retraining the searched dimensions and the FDE-{args.fde_dim} baseline")
-    auto = retrain(str(data), str(work / "search" / "dims.json"), str(work / "retrain_autodim"),
-                   cfg, quiet=args.quiet, preset=preset)
+    selection = None
+    if costs:
+        from pipeline.tuning import format_selection, tune_param_cost
+
+        print(f"[3-4/5] searching and retraining at each parameter cost "
+              f"({', '.join(map(str, costs))}; preset {preset}), choosing on validation AUC")
+        selection = tune_param_cost(str(data), work, cfg, costs, tolerance=args.cost_tolerance,
+                                    quiet=args.quiet, preset=preset)
+        print(format_selection(selection))
+        chosen = selection["candidates"][selection["chosen"]]
+        search_dir, auto_dir = Path(chosen["search_dir"]), Path(chosen["retrain_dir"])
+        dims = json.loads((search_dir / "dims.json").read_text(encoding="utf-8"))
+        auto = json.loads((auto_dir / "metrics.json").read_text(encoding="utf-8"))
+        print(f"[4/5] retraining the FDE-{args.fde_dim} baseline")
+    else:
+        search_dir, auto_dir = work / "search", work / "retrain_autodim"
+        print(f"[3/5] searching dimensions (preset {preset}) -> {search_dir}")
+        dims = run_search(str(data), str(search_dir), cfg, quiet=args.quiet, preset=preset)
+        print(f"[4/5] retraining the searched dimensions and the FDE-{args.fde_dim} baseline")
+        auto = retrain(str(data), str(search_dir / "dims.json"), str(auto_dir), cfg,
+                       quiet=args.quiet, preset=preset)
     fde = retrain(str(data), f"fde:{args.fde_dim}", str(work / f"retrain_fde{args.fde_dim}"), cfg,
                   quiet=args.quiet, preset=preset)
     export_dir = None
@@ -85,7 +114,7 @@ def run(args) -> dict:
             export_dir = existing[-1]
         else:
             print(f"[5/5] exporting the AutoDim model -> {work / 'exports'}")
-            export_dir = export(work / "retrain_autodim", work / "exports", name)
+            export_dir = export(auto_dir, work / "exports", name)
 
     summary = {"dataset": schema.dataset, "preset": preset, "workdir": str(work),
                "autodim": _brief(auto), "fde": _brief(fde),
@@ -93,6 +122,8 @@ def run(args) -> dict:
                "auc_delta": auto["test_auc"] - fde["test_auc"],
                "dims": {n: dims["fields"][n]["dim"] for n in dims["field_order"]},
                "export": str(export_dir) if export_dir else None}
+    if selection is not None:
+        summary["param_cost_selection"] = selection
     if truth:
         summary["truth"] = {f["name"]: {"informative": f["informative"],
                                         "latent_dim": f["latent_dim"]} for f in truth["fields"]}
@@ -146,6 +177,12 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--fde_dim", type=int, default=32)
     parser.add_argument("--no_export", action="store_true")
+    parser.add_argument("--param_costs", metavar="C1,C2,...",
+                        help="search and retrain once per search.param_cost and keep the model "
+                             "with the best validation AUC (pipeline/tuning.py)")
+    parser.add_argument("--cost_tolerance", type=float, default=0.0,
+                        help="with --param_costs: among the costs whose validation AUC is "
+                             "within this of the best, keep the fewest embedding parameters")
     parser.add_argument("--quiet", action="store_true")
     args, beam_args = parser.parse_known_args(argv)
     args.beam_args = beam_args

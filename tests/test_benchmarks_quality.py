@@ -64,3 +64,29 @@ def test_autodim_validated_reuses_the_same_seeds_autodim_search(tmp_path):
     assert not quality.reuse_search(target)  # its own copy is kept once made
     assert (target / "search" / "dims.json").read_text() == '{"fields": {}}'
     assert "autodim_validated" in quality.SEARCHED
+
+
+def test_autodim_tuned_reuses_the_same_seeds_autodim_run_at_the_preset_cost(tmp_path, capsys):
+    """autodim_tuned copies the finished autodim search and retraining of its seed as its
+    candidate at the preset's cost; not when the cost is not a candidate, the autodim run is
+    unfinished, or its own copy exists. Bad --tune-costs are refused."""
+    seed_dir = tmp_path / "frappe" / "fm" / "seed1"
+    target = seed_dir / "autodim_tuned"
+    source = seed_dir / "autodim"
+    (source / "search").mkdir(parents=True)
+    (source / "search" / "dims.json").write_text("dims")
+    (source / "retrain").mkdir()
+    assert not quality.reuse_for_tuning(target, 0.05, (0.01, 0.05))  # retrain unfinished
+    (source / "retrain" / "metrics.json").write_text("metrics")
+    assert not quality.reuse_for_tuning(target, 0.05, (0.01, 0.02))  # not a candidate
+    assert quality.reuse_for_tuning(target, 0.05, (0.01, 0.05))
+    assert (target / "search_cost0.05" / "dims.json").read_text() == "dims"
+    assert (target / "retrain_cost0.05" / "metrics.json").read_text() == "metrics"
+    assert not (target / "search_cost0.01").exists()
+    (source / "search" / "dims.json").write_text("changed")
+    assert not quality.reuse_for_tuning(target, 0.05, (0.01, 0.05))
+    assert (target / "search_cost0.05" / "dims.json").read_text() == "dims"
+    (tmp_path / "root").mkdir()
+    with pytest.raises(SystemExit):
+        quality.main(["--data-root", str(tmp_path / "root"), "--tune-costs", "0.01,abc"])
+    assert "--tune-costs: 'abc' is not a number" in capsys.readouterr().err

@@ -1,0 +1,110 @@
+"""The search's parameter cost chosen on validation data: one search and retraining per cost.
+
+`search.param_cost` trades AUC for embedding memory, and the best trade is data-dependent: on
+MovieLens-100k the presets' 0.05 finds small id embeddings that generalise better than FDE, on
+Frappe it cuts `item` (77% of the vocabulary) below what the data supports (BENCHMARKS.md,
+"Parameter cost chosen on validation"). A user would try a few costs and keep the model that
+validates best; `tune_param_cost` does that:
+
+    WORKDIR/search_cost<c>    the search with search.param_cost = c -> dims.json
+    WORKDIR/retrain_cost<c>   its dimensions retrained -> metrics.json (best_valid_auc)
+    WORKDIR/param_cost_selection.json   every candidate and the choice
+
+The choice (`choose`) reads only the validation split: the highest retrained validation AUC;
+among the candidates within `tolerance` of it, the one with the fewest embedding parameters.
+Every stage resumes like a single search and retraining (finished ones are skipped).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from configs.experiment import ExperimentConfig
+from configs.loader import ConfigError, merge
+
+SELECTION_FILE = "param_cost_selection.json"
+
+
+def parse_costs(text: str) -> tuple[float, ...]:
+    """"0.01,0.05" -> (0.01, 0.05); each a finite number >= 0, no repeats."""
+    costs = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            cost = float(item)
+        except ValueError:
+            raise ConfigError(f"--param_costs: {item!r} is not a number (expected e.g. "
+                              f"0.01,0.05)") from None
+        if not math.isfinite(cost) or cost < 0:
+            raise ConfigError(f"--param_costs: {item!r} must be a finite number >= 0")
+        if cost in costs:
+            raise ConfigError(f"--param_costs: {item!r} is given twice")
+        costs.append(cost)
+    if not costs:
+        raise ConfigError("--param_costs: no costs given")
+    return tuple(costs)
+
+
+def cost_label(cost: float) -> str:
+    """The directory suffix of a cost: 0.05 -> "0.05", 0.0 -> "0"."""
+    return f"{cost:g}"
+
+
+def choose(candidates: Sequence[dict], tolerance: float = 0.0) -> int:
+    """Index of the candidate (retrain metrics: `best_valid_auc`, `params`) to keep: the fewest
+    params among those whose validation AUC is within `tolerance` of the best (ties: the first)."""
+    if not candidates:
+        raise ValueError("no candidates to choose from")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    best = max(c["best_valid_auc"] for c in candidates)
+    close = [i for i, c in enumerate(candidates) if c["best_valid_auc"] >= best - tolerance]
+    return min(close, key=lambda i: (candidates[i]["params"], i))
+
+
+def tune_param_cost(data_dir: str, workdir: str | Path, cfg: ExperimentConfig,
+                    costs: Sequence[float], *, tolerance: float = 0.0, quiet: bool = False,
+                    preset: str | None = None) -> dict:
+    """Searches and retrains once per cost in `costs`, then chooses on validation AUC (see the
+    module docstring). Returns the selection record (also written to WORKDIR/SELECTION_FILE):
+    `candidates` (cost, directories, validation and test AUC, params, dims), `chosen` (its
+    index), `tolerance` and `rule`."""
+    from pipeline.retrain import retrain
+    from pipeline.runtime import atomic_write_json
+    from pipeline.search import run_search
+
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    candidates, records = [], []
+    for cost in costs:
+        label = cost_label(cost)
+        cost_cfg = merge(cfg, {"search": {"param_cost": cost}})
+        search_dir, retrain_dir = work / f"search_cost{label}", work / f"retrain_cost{label}"
+        if not quiet:
+            print(f"param cost {label}: search -> {search_dir}, retrain -> {retrain_dir}")
+        dims = run_search(data_dir, str(search_dir), cost_cfg, quiet=quiet, preset=preset)
+        metrics = retrain(data_dir, str(search_dir / "dims.json"), str(retrain_dir), cost_cfg,
+                          quiet=quiet, preset=preset)
+        candidates.append(metrics)
+        records.append({"param_cost": cost, "search_dir": str(search_dir),
+                        "retrain_dir": str(retrain_dir),
+                        "best_valid_auc": metrics["best_valid_auc"],
+                        "test_auc": metrics["test_auc"], "test_logloss": metrics["test_logloss"],
+                        "params": metrics["params"],
+                        "dims": {n: dims["fields"][n]["dim"] for n in dims["field_order"]}})
+    chosen = choose(candidates, tolerance)
+    selection = {"candidates": records, "chosen": chosen, "tolerance": tolerance,
+                 "rule": "highest retrained validation AUC; within `tolerance` of it, the "
+                         "fewest embedding parameters"}
+    atomic_write_json(work / SELECTION_FILE, selection)
+    return selection
+
+
+def format_selection(selection: dict) -> str:
+    lines = [f"{'param cost':>10} {'valid AUC':>10} {'test AUC':>9} {'emb params':>11}"]
+    for i, c in enumerate(selection["candidates"]):
+        mark = "  <- chosen (validation)" if i == selection["chosen"] else ""
+        lines.append(f"{cost_label(c['param_cost']):>10} {c['best_valid_auc']:>10.4f} "
+                     f"{c['test_auc']:>9.4f} {c['params']:>11,}{mark}")
+    return "\n".join(lines)
