@@ -12,5 +12,5 @@ setuptools.setup(
     version="0.1.0",
     packages=setuptools.find_packages(include=["configs", "preprocessing", "models", "pipeline"]),
     python_requires=">=3.11",
-    install_requires=["pyyaml", "google-crc32c"],
+    install_requires=["pyyaml", "google-crc32c", "isal"],
 )

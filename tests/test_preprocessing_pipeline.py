@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from configs.features import MISSING_TOKEN, DataSchema, dataset_spec
 from preprocessing import run as run_mod
-from preprocessing import transforms
+from preprocessing import example_codec, transforms
 from preprocessing.formats import line_parser
 from preprocessing.job import InputError, _LineParse
 
@@ -367,3 +367,30 @@ def test_chunked_elements_give_the_same_records_vocab_examples_and_counts(tmp_pa
         per_file.append(got)
     assert sorted(map(len, per_file)) == [3, 3, 4]
     assert sorted(r for got in per_file for r in got) == sorted(records)
+
+
+@pytest.mark.parametrize("level", [1, 3, 6])
+def test_gzip_writer_isal_for_low_levels_zlib_otherwise_same_records(tmp_path, level, monkeypatch):
+    """Levels 1-3 are written by ISA-L (isal is pinned), higher ones by zlib, and without isal
+    every level falls back to zlib. Every writer gives standard GZIP that TensorFlow reads back,
+    with the same bytes on a second write."""
+    import tensorflow as tf
+    from isal import igzip
+
+    framed = example_codec.TFRecordFramer().frame([b"record %d" % i * (i % 7) for i in range(500)])
+    assert transforms.gzip_class(level) is (igzip.IGzipFile if level <= 3 else gzip.GzipFile)
+
+    def write(path):
+        handle = transforms._GzipFile(open(path, "wb"), level)
+        handle.write(framed)
+        handle.close()
+        return path.read_bytes()
+
+    first = write(tmp_path / "a.tfrecord.gz")
+    assert write(tmp_path / "b.tfrecord.gz") == first
+    assert gzip.decompress(first) == framed
+    got = [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "a.tfrecord.gz"), "GZIP")]
+    assert got == [b"record %d" % i * (i % 7) for i in range(500)]
+    monkeypatch.setitem(sys.modules, "isal", None)  # not installed
+    assert transforms.gzip_class(level) is gzip.GzipFile
+    assert gzip.decompress(write(tmp_path / "c.tfrecord.gz")) == framed
