@@ -108,11 +108,10 @@ def run(args) -> dict:
         from pipeline.export import export
 
         name = "demo" if args.demo else schema.dataset
-        base = work / "exports" / name
-        existing = sorted(p for p in base.glob("[0-9]*") if p.is_dir()) if base.exists() else []
-        if existing:
-            export_dir = existing[-1]
-        else:
+        latest = _latest_export(work / "exports" / name)
+        if latest is not None and _exported_from(latest) == str(auto_dir.resolve()):
+            export_dir = latest  # a rerun: the model was exported already
+        else:  # first run, or --param_costs chose another model: a new version
             print(f"[5/5] exporting the AutoDim model -> {work / 'exports'}")
             export_dir = export(auto_dir, work / "exports", name)
 
@@ -131,6 +130,24 @@ def run(args) -> dict:
     print(format_dims(dims))
     print(report(summary, args.fde_dim))
     return summary
+
+
+def _latest_export(base: Path) -> Path | None:
+    """The highest numbered version directory under `base` (TF Serving's layout), if any."""
+    versions = [p for p in base.glob("[0-9]*") if p.is_dir() and p.name.isdigit()] \
+        if base.exists() else []
+    return max(versions, key=lambda p: int(p.name)) if versions else None
+
+
+def _exported_from(version_dir: Path) -> str | None:
+    """The retrain model_dir an export was made from (its assets.extra export info)."""
+    from pipeline.export import EXPORT_INFO
+
+    try:
+        info = json.loads((version_dir / "assets.extra" / EXPORT_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info.get("model_dir") if isinstance(info, dict) else None
 
 
 def _brief(m: dict) -> dict:

@@ -6,7 +6,7 @@ from pipeline.tuning import choose, cost_label, parse_costs
 from tests.fixtures import random_split_data, read_json, run_module, write_dataset
 
 VOCAB = [300, 200, 20, 10, 100]
-FAST = ["--quiet", "--no_export", "--fde_dim", "4",
+FAST = ["--quiet", "--fde_dim", "4",
         "--set", "search.batch_size=200", "--set", "search.pretrain_steps=10",
         "--set", "search.search_steps=40", "--set", "search.checkpoint_every=20",
         "--set", "search.steps_per_call=5",
@@ -57,6 +57,7 @@ def test_run_with_param_costs_keeps_the_best_validated_model(fixture_workdir):
     res = run_module("pipeline.run", ["--workdir", str(work), "--param_costs", "0,2", *FAST])
     assert res.returncode == 0, res.stderr[-3000:]
     selection = read_json(work / "param_cost_selection.json")
+    first_choice = selection["chosen"]
     free, costly = selection["candidates"]
     assert [free["param_cost"], costly["param_cost"]] == [0.0, 2.0]
     # a cost of 2 drives the search to small dimensions
@@ -87,6 +88,19 @@ def test_run_with_param_costs_keeps_the_best_validated_model(fixture_workdir):
     assert read_json(work / "summary.json")["autodim"]["params"] == costly["params"]
     assert {p: p.stat().st_mtime_ns for p in work.glob("*_cost*/metrics.json")} == {
         p: t for p, t in stamps.items() if p.name == "metrics.json"}
+
+    # the export follows the choice: a new version when it changed, the same one otherwise
+    def exported():
+        versions = sorted((work / "exports" / "fixture").iterdir(), key=lambda p: int(p.name))
+        return [read_json(v / "assets.extra" / "export.json")["model_dir"] for v in versions]
+
+    costly_dir = str((work / "retrain_cost2").resolve())
+    chosen_first = str((work / ("retrain_cost0", "retrain_cost2")[first_choice]).resolve())
+    assert exported() == ([chosen_first] if first_choice == 1 else [chosen_first, costly_dir])
+    res = run_module("pipeline.run", ["--workdir", str(work), "--param_costs", "0,2",
+                                      "--cost_tolerance", "1", *FAST])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert exported()[-1] == costly_dir and len(exported()) == (1 if first_choice == 1 else 2)
 
 
 def test_run_refuses_bad_param_costs_before_starting(tmp_path):
