@@ -22,7 +22,7 @@ import numpy as np
 
 from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, run_hash
 from configs.features import DataSchema
-from configs.loader import ConfigError, merge, to_dict
+from configs.loader import ConfigError, load_yaml, merge, parse_set_overrides, to_dict
 from pipeline.dims import load_dims
 from pipeline.errors import NonFiniteLossError
 
@@ -221,13 +221,35 @@ def predict_split(model, data_dir, schema, split: str, batch_size: int):
     return np.concatenate(labels), np.concatenate(probs)
 
 
+def _search_backbone(source: str, config_file: str | None, set_overrides: list[str]) -> str | None:
+    """The backbone a dims.json was searched with, used when none is asked for: without
+    `--backbone`, `--config` or `--set model.backbone=...` the retraining keeps the search's
+    backbone, not the preset's. None for fde:D / random:SEED (and for a file that load_dims will
+    refuse with its own error)."""
+    explicit = [parse_set_overrides(set_overrides)]
+    if config_file:
+        explicit.append(load_yaml(config_file))
+    if any("backbone" in (d.get("model") or {}) for d in explicit):
+        return None
+    if source.startswith(("fde:", "random:")):
+        return None
+    path = Path(source)
+    path = path / "dims.json" if path.is_dir() else path
+    try:
+        backbone = json.loads(path.read_text(encoding="utf-8")).get("backbone")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return backbone if isinstance(backbone, str) else None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.retrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
     parser.add_argument("--dims", required=True, help="dims.json, fde:D or random:SEED")
     parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--backbone", help="retrain with another backbone than the search's")
+    parser.add_argument("--backbone", help="retrain with another backbone than the search's "
+                        "(default: a dims.json's own backbone; fde:/random: the preset's)")
     parser.add_argument("--trials", type=int, default=1, help="RaS: best of K random draws")
     parser.add_argument("--config")
     parser.add_argument("--preset")
@@ -243,8 +265,9 @@ def main(argv=None) -> int:
         schema = DataSchema.load(args.data)
         preset = args.preset or preset_for_dataset(schema.dataset)
         cfg = resolve(preset, args.config, args.set)
-        if args.backbone:
-            cfg = merge(cfg, {"model": {"backbone": args.backbone}})
+        backbone = args.backbone or _search_backbone(args.dims, args.config, args.set)
+        if backbone:
+            cfg = merge(cfg, {"model": {"backbone": backbone}})
         retrain(args.data, args.dims, args.model_dir, cfg, trials=args.trials, quiet=args.quiet,
                 preset=preset, strategy=strategy)
     except (ConfigError, NonFiniteLossError) as exc:

@@ -141,3 +141,29 @@ def test_autodim_beats_random_dims_at_equal_parameters(planted_search, tmp_path)
     rand = retrain(str(data_dir), str(path), str(tmp_path / "rand"), cfg, quiet=True)
     assert rand["params"] == params[k]
     assert auto["test_auc"] > rand["test_auc"] + 0.005, (auto["test_auc"], rand["test_auc"])
+
+
+def test_a_dims_json_is_retrained_with_its_search_backbone_unless_another_is_asked(small_data, tmp_path):
+    from configs.features import DataSchema
+    from pipeline.retrain import _search_backbone
+
+    schema = DataSchema.load(small_data)
+    dims = tmp_path / "search" / "dims.json"
+    dims.parent.mkdir()
+    dims.write_text(json.dumps({"backbone": "fm", "schema_hash": schema.schema_hash,
+                                "fields": {n: {"dim": 4} for n in schema.field_names}}))
+    sets = [a for s in FAST + ["retrain.max_epochs=1"] for a in ("--set", s)]
+    out = run_module("pipeline.retrain", ["--data", str(small_data), "--dims", str(dims),
+                                          "--model_dir", str(tmp_path / "m"), "--quiet", *sets])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert read_json(tmp_path / "m" / "metrics.json")["backbone"] == "fm"  # not the preset's deepfm
+    assert experiment.resolve("default").model.backbone != "fm"
+    # the precedence: --backbone (handled by main), then --set / --config, then the dims.json
+    assert _search_backbone(str(dims), None, []) == "fm"
+    assert _search_backbone(str(dims.parent), None, []) == "fm"
+    assert _search_backbone(str(dims), None, ["model.backbone=nfm"]) is None
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  backbone: wide_deep\n")
+    assert _search_backbone(str(dims), str(cfg), []) is None
+    assert _search_backbone("fde:8", None, []) is None
+    assert _search_backbone(str(tmp_path / "missing.json"), None, []) is None
