@@ -4,7 +4,7 @@
         [--data-root ../shared/data] [--steps 30] [--batch 2000] [--warmup 2]
 
 The paper's variants (Sec. 3.5) are the four combinations lookup x unify: AD-1 weight-sharing +
-zero-padding, AD-2 weight-sharing + linear (the default search), AD-3 separate + zero-padding,
+zero-padding, AD-2 weight-sharing + linear (the paper's main variant), AD-3 separate + zero-padding,
 AD-4 separate + linear. FDE is plain training with every field at the maximum dimension 32 and no
 architecture weights (`build_retrain_model(dims=[32] * M, unify="zero_pad")`, no projection).
 
@@ -31,9 +31,11 @@ preprocessed directory instead. With `--data-root R` and `R/movielens-100k` pres
 it is reported too (pytorch-fm's DeepFM: ~115k examples/s at batch 2000 on 2 cores); skipped
 with a message when absent.
 
-Last line: `ad2_over_fde=X input_over_train=Y fde_examples_per_s=Z` (AD-2 ms/step over FDE
-ms/step, input examples/s over FDE training examples/s, FDE training examples/s; all on the
-main data).
+Also timed: `preset`, what the adaptive presets search with (AD-1 without candidate BatchNorm).
+
+Last line: `ad2_over_fde=X input_over_train=Y fde_examples_per_s=Z preset_over_fde=W` (AD-2
+ms/step over FDE ms/step, input examples/s over FDE training examples/s, FDE training examples/s,
+the presets' search ms/step over FDE ms/step; all on the main data).
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ VARIANTS = {  # paper Sec. 3.5
     "AD-3": ("separate", "zero_pad"),
     "AD-4": ("separate", "linear"),
 }
+# What the adaptive presets search with (configs/experiment.py): AD-1 without candidate BatchNorm.
+PRESET = ("preset", ("weight_sharing", "zero_pad", "none"))
 ML100K_PYTORCH_FM = 115_000  # examples/s, pytorch-fm DeepFM, batch 2000, 2 cores (the issue)
 
 
@@ -164,10 +168,10 @@ class Bench:
         keras.utils.set_random_seed(seed)
         with strategy.scope():
             if self.is_search:
-                lookup, unify = variant
+                lookup, unify, norm = (*variant, m.candidate_norm)[:3]
                 model = build_search_model("deepfm", vocab, candidate_dims=m.candidate_dims,
                                            lookup=lookup, unify=unify,
-                                           candidate_norm=m.candidate_norm, seed=seed,
+                                           candidate_norm=norm, seed=seed,
                                            **runtime.backbone_kwargs(m))
             else:
                 model = build_retrain_model("deepfm", vocab, dims=[max(m.candidate_dims)] * len(vocab),
@@ -290,7 +294,7 @@ def main(argv=None) -> int:
         rounds = -(-args.steps // F)
         benches = [Bench("FDE", strategy, data_dir, schema, args.batch)]
         benches += [Bench(n, strategy, data_dir, schema, args.batch, variant=v)
-                    for n, v in VARIANTS.items()]
+                    for n, v in [*VARIANTS.items(), PRESET]]
         if not args.no_stats_cost:
             benches += [Bench("FDE/no-stats", strategy, data_dir, schema, args.batch, stats=False),
                         Bench("AD-2/no-stats", strategy, data_dir, schema, args.batch,
@@ -324,7 +328,8 @@ def main(argv=None) -> int:
         print(f"\n{'model':<16}{'lookup':<16}{'unify':<10}{'ms/step':>9}{'min':>8}{'max':>8}"
               f"{'ex/s':>10}{'/FDE':>7}{'cpu ms':>8}{'cpu/FDE':>8}")
         for b in benches:
-            lookup, unify = VARIANTS.get(b.name.split("/")[0], ("fixed-32", "zero_pad"))
+            lookup, unify = dict([*VARIANTS.items(), PRESET]).get(
+                b.name.split("/")[0], ("fixed-32", "zero_pad"))[:2]
             print(f"{b.name:<16}{lookup:<16}{unify:<10}{b.ms_per_step:>9.1f}"
                   f"{1e3 * min(b.times):>8.1f}{1e3 * max(b.times):>8.1f}"
                   f"{b.examples_per_s:>10,.0f}{b.ms_per_step / fde.ms_per_step:>7.2f}"
@@ -348,10 +353,14 @@ def main(argv=None) -> int:
         elif ml_note:
             print(f"MovieLens-100k: {ml_note}")
         ad2 = by["AD-2"].ms_per_step / fde.ms_per_step
+        preset = by["preset"].ms_per_step / fde.ms_per_step
+        print(f"(preset = the adaptive presets' search: weight sharing, zero padding, no candidate "
+              f"BatchNorm)")
         print(f"targets: AD-2/FDE {ad2:.2f} (<= 1.6), input/train "
               f"{in_rate / fde.examples_per_s:.2f} (>= 3)")
         print(f"ad2_over_fde={ad2:.3f} input_over_train={in_rate / fde.examples_per_s:.3f} "
-              f"fde_examples_per_s={fde.examples_per_s:.0f}", flush=True)
+              f"fde_examples_per_s={fde.examples_per_s:.0f} preset_over_fde={preset:.3f}",
+              flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

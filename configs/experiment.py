@@ -25,8 +25,10 @@ class ModelConfig:
     candidate_dims: tuple[int, ...] = (2, 8, 16, 24, 32)
     lookup: Literal["weight_sharing", "separate"] = "weight_sharing"
     unify: Literal["linear", "zero_pad"] = "linear"
-    # "batchnorm" is the paper's (no affine); "batchnorm_affine" (default) keeps candidates
-    # magnitude-comparable without inflating inner products; "none" skips it.
+    # "batchnorm" is the paper's (no affine); "batchnorm_affine" keeps candidates
+    # magnitude-comparable without inflating inner products; "none" skips it. The dataclass
+    # defaults are the paper's AD-2 shape (linear) with the affine BN; every adaptive preset
+    # (default, the dataset presets, synthetic) searches with unify=zero_pad, candidate_norm=none.
     candidate_norm: Literal["batchnorm", "batchnorm_affine", "none"] = "batchnorm_affine"
     mlp_units: tuple[int, ...] = (128, 128)
     dropout: float = 0.2
@@ -168,14 +170,19 @@ class ExperimentConfig:
 # The parameter cost weights fields by vocabulary (real memory) on real data; the synthetic preset
 # weights every field alike, so the search ranks fields by the planted importance that its test
 # and the demo compare against (README, "Making the search work on data of any size").
-_ADAPTIVE = {"search": {"temperature": "anneal", "min_arch_updates": 1000,
+# The search embedding: zero-padded raw candidates (no per-candidate projection, no BatchNorm), so
+# the supernet's mixed embedding is the shared row under a soft column mask and alpha's gradient is
+# the value of each candidate's extra columns (README, "Making the search work", item 5).
+_ADAPTIVE = {"model": {"unify": "zero_pad", "candidate_norm": "none"},
+             "search": {"temperature": "anneal", "min_arch_updates": 1000,
                         "arch_lr_budget": 3.0, "param_cost": 0.05, "param_cost_weighting": "params"}}
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"model": {"candidate_norm": "batchnorm"}},
     "default": _ADAPTIVE,
     "criteo": _ADAPTIVE,
     "avazu": _ADAPTIVE,
-    "synthetic": {"search": {**_ADAPTIVE["search"], "param_cost_weighting": "field",
+    "synthetic": {"model": _ADAPTIVE["model"],
+                  "search": {**_ADAPTIVE["search"], "param_cost_weighting": "field",
                              "pretrain_epochs": 1.0, "search_epochs": 3.0},
                   "retrain": {"max_epochs": 6.0}},
     "movielens-100k": _ADAPTIVE,
@@ -215,9 +222,26 @@ def run_hash(cfg: ExperimentConfig) -> str:
     return config_hash(data)
 
 
+# The model settings a retraining reads (the search-time embedding - lookup, unify, candidate_norm -
+# and the whole search section only shape the dims it is given, which it records separately).
+RETRAIN_MODEL_KEYS = ("backbone", "candidate_dims", "mlp_units", "dropout")
+
+
+def retrain_hash(cfg: ExperimentConfig | dict) -> str:
+    """config_hash of what determines a retraining's weights given its dims: `retrain` and
+    RETRAIN_MODEL_KEYS. Search-only settings do not enter, so changing them (a preset's search
+    embedding, `search.param_cost`) neither refuses nor repeats a finished FDE or RaS run. Accepts
+    a config or its dict (a run's stored config.json), so runs recorded under `run_hash` are
+    re-hashed from what they stored."""
+    data = to_dict(cfg) if isinstance(cfg, ExperimentConfig) else cfg
+    return config_hash({"model": {k: data["model"][k] for k in RETRAIN_MODEL_KEYS},
+                        "retrain": data["retrain"]})
+
+
 def preset_for_dataset(dataset: str) -> str:
     return dataset if dataset in PRESETS else "default"
 
 
 __all__ = ["ModelConfig", "SearchConfig", "RetrainConfig", "ExperimentConfig", "PRESETS",
-           "resolve", "preset_for_dataset", "from_dict", "run_hash", "POST_SEARCH_KEYS"]
+           "resolve", "preset_for_dataset", "from_dict", "run_hash", "retrain_hash", "POST_SEARCH_KEYS",
+           "RETRAIN_MODEL_KEYS"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, run_hash
+from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, retrain_hash
 from configs.features import DataSchema
 from configs.loader import ConfigError, load_yaml, merge, parse_set_overrides, to_dict
 from pipeline.dims import load_dims
@@ -85,9 +85,9 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     dims_list = dims["dims"]
     dims_hash = hashlib.sha256(json.dumps(dims_list).encode()).hexdigest()[:16]
     record = {"kind": "retrain", "preset": preset, "config": to_dict(cfg),
-              "config_hash": run_hash(cfg), "schema_hash": schema.schema_hash,
+              "config_hash": retrain_hash(cfg), "schema_hash": schema.schema_hash,
               "dims_hash": dims_hash, "dims": dims, "data_dir": str(Path(data_dir).resolve())}
-    model_dir = runtime.prepare_model_dir(model_dir, record)
+    model_dir = runtime.prepare_model_dir(model_dir, record, rehash=retrain_hash)
     metrics_path = model_dir / METRICS_FILE
     if metrics_path.exists():  # finished already: a rerun is a no-op
         return json.loads(metrics_path.read_text(encoding="utf-8"))

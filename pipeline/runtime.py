@@ -28,9 +28,11 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return path
 
 
-def prepare_model_dir(model_dir: str | Path, record: dict) -> Path:
+def prepare_model_dir(model_dir: str | Path, record: dict, rehash=None) -> Path:
     """Creates model_dir and writes config.json; refuses to resume a run made with another config
-    or another dataset (the keys that differ are named)."""
+    or another dataset (the keys that differ are named). `rehash(stored_config_dict)`, when given,
+    recomputes the stored run's config_hash from the config it recorded, so a run recorded under an
+    older hash definition is compared by what it stored, not by the hash it wrote."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / CONFIG_FILE
@@ -39,6 +41,11 @@ def prepare_model_dir(model_dir: str | Path, record: dict) -> Path:
             old = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: invalid JSON ({exc}); remove it or use a new --model_dir") from None
+        if rehash is not None and isinstance(old.get("config"), dict):
+            try:
+                old = {**old, "config_hash": rehash(old["config"])}
+            except (KeyError, TypeError):
+                pass  # a config this code cannot read: compared by its recorded hash
         changed = sorted(k for k in set(old) | set(record)
                          if k in ("config_hash", "schema_hash", "kind", "dims_hash")
                          and old.get(k) != record.get(k))

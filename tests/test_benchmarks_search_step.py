@@ -7,7 +7,8 @@ import pytest
 
 from benchmarks import search_step
 
-LAST_LINE = re.compile(r"^ad2_over_fde=(\S+) input_over_train=(\S+) fde_examples_per_s=(\S+)$")
+LAST_LINE = re.compile(r"^ad2_over_fde=(\S+) input_over_train=(\S+) fde_examples_per_s=(\S+) "
+                       r"preset_over_fde=(\S+)$")
 
 
 def test_ladder_vocab_sizes_span_the_generator_ladder():
@@ -51,10 +52,13 @@ def test_benchmark_runs_and_last_line_parses(tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()
     match = LAST_LINE.match(out[-1])
     assert match, out[-1]
-    ad2, input_over_train, fde_rate = (float(g) for g in match.groups())
-    assert all(math.isfinite(v) and v > 0 for v in (ad2, input_over_train, fde_rate))
-    rows = {line.split()[0]: line.split() for line in out if re.match(r"^(FDE|AD-\d)\s", line)}
-    assert sorted(rows) == ["AD-1", "AD-2", "AD-3", "AD-4", "FDE"]
+    ad2, input_over_train, fde_rate, preset = (float(g) for g in match.groups())
+    assert all(math.isfinite(v) and v > 0 for v in (ad2, input_over_train, fde_rate, preset))
+    rows = {line.split()[0]: line.split() for line in out
+            if re.match(r"^(FDE|AD-\d|preset)\s", line)}
+    assert sorted(rows) == ["AD-1", "AD-2", "AD-3", "AD-4", "FDE", "preset"]
+    assert rows["preset"][1:3] == ["weight_sharing", "zero_pad"]
+    assert preset == pytest.approx(float(rows["preset"][3]) / float(rows["FDE"][3]), rel=0.05, abs=0.01)
     assert rows["AD-2"][1:3] == ["weight_sharing", "linear"]
     assert rows["AD-3"][1:3] == ["separate", "zero_pad"]
     assert rows["FDE"][1:3] == ["fixed-32", "zero_pad"]

@@ -26,8 +26,17 @@ def test_paper_preset_is_the_papers_recipe():
     cfg = experiment.resolve("paper")
     assert cfg.model.candidate_dims == (2, 8, 16, 24, 32)
     assert cfg.model.candidate_norm == "batchnorm"
+    assert (cfg.model.lookup, cfg.model.unify) == ("weight_sharing", "linear")  # AD-2
     assert (cfg.search.batch_size, cfg.search.learning_rate, cfg.search.arch_update_every) == (2000, 1e-3, 10)
     assert cfg.search.temperature == "paper" and cfg.search.min_arch_updates == 0
+
+
+@pytest.mark.parametrize("preset", ["default", "movielens-100k", "frappe", "criteo", "synthetic"])
+def test_adaptive_presets_search_with_raw_zero_padded_candidates(preset):
+    cfg = experiment.resolve(preset)
+    assert (cfg.model.lookup, cfg.model.unify, cfg.model.candidate_norm) == (
+        "weight_sharing", "zero_pad", "none")
+    assert cfg.retrain.unify == "linear"  # retraining and the FDE baselines are unchanged
 
 
 @pytest.mark.parametrize("override, needle", [

@@ -167,3 +167,26 @@ def test_a_dims_json_is_retrained_with_its_search_backbone_unless_another_is_ask
     assert _search_backbone(str(dims), str(cfg), []) is None
     assert _search_backbone("fde:8", None, []) is None
     assert _search_backbone(str(tmp_path / "missing.json"), None, []) is None
+
+
+def test_search_only_settings_neither_refuse_nor_repeat_a_finished_retraining(small_data, tmp_path):
+    from pipeline.retrain import retrain
+
+    cfg = experiment.resolve("default", None, FAST + ["retrain.max_epochs=1"])
+    first = retrain(str(small_data), "fde:4", str(tmp_path / "m"), cfg, quiet=True)
+    metrics = tmp_path / "m" / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    # a run recorded under the old hash definition (the whole config) is re-hashed from its config
+    record = read_json(tmp_path / "m" / "config.json")
+    record["config_hash"] = experiment.run_hash(cfg)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(record))
+    searched_otherwise = experiment.resolve("default", None, FAST + [
+        "retrain.max_epochs=1", "search.param_cost=0.3", "model.unify=linear",
+        "model.candidate_norm=batchnorm", "model.lookup=separate"])
+    assert experiment.run_hash(searched_otherwise) != experiment.run_hash(cfg)
+    again = retrain(str(small_data), "fde:4", str(tmp_path / "m"), searched_otherwise, quiet=True)
+    assert again == first and metrics.stat().st_mtime_ns == stamp
+    for changed in ("retrain.learning_rate=0.01", "model.backbone=fm", "model.dropout=0.5"):
+        other = experiment.resolve("default", None, FAST + ["retrain.max_epochs=1", changed])
+        with pytest.raises(ConfigError, match="different config_hash"):
+            retrain(str(small_data), "fde:4", str(tmp_path / "m"), other, quiet=True)
