@@ -354,8 +354,8 @@ def main(argv=None) -> int:
             print(f"MovieLens-100k: {ml_note}")
         ad2 = by["AD-2"].ms_per_step / fde.ms_per_step
         preset = by["preset"].ms_per_step / fde.ms_per_step
-        print(f"(preset = the adaptive presets' search: weight sharing, zero padding, no candidate "
-              f"BatchNorm)")
+        print("(preset = the adaptive presets' search: weight sharing, zero padding, no candidate "
+              "BatchNorm)")
         print(f"targets: AD-2/FDE {ad2:.2f} (<= 1.6), input/train "
               f"{in_rate / fde.examples_per_s:.2f} (>= 3)")
         print(f"ad2_over_fde={ad2:.3f} input_over_train={in_rate / fde.examples_per_s:.3f} "
