@@ -1,10 +1,10 @@
 """The search's parameter cost chosen on validation data: one search and retraining per cost.
 
 `search.param_cost` trades AUC for embedding memory, and the best trade is data-dependent: on
-MovieLens-100k the presets' 0.05 finds small id embeddings that generalise better than FDE, on
-Frappe it cuts `item` (77% of the vocabulary) below what the data supports (BENCHMARKS.md,
-"Parameter cost chosen on validation"). A user would try a few costs and keep the model that
-validates best; `tune_param_cost` does that:
+Frappe, whose FDE AUC rises with every dimension, the presets' 0.05 leaves W&D below the FDE
+frontier and 0.01 puts it above; on MovieLens-100k 0.05 does as well with fewer parameters
+(BENCHMARKS.md, "Quality"). A user would try a few costs and keep the model that validates best;
+`tune_param_cost` does that:
 
     WORKDIR/search_cost<c>    the search with search.param_cost = c -> dims.json
     WORKDIR/retrain_cost<c>   its dimensions retrained -> metrics.json (best_valid_auc)
