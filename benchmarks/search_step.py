@@ -12,11 +12,12 @@ Everything runs through the real machinery: DeepFM with the default model config
 dropout 0.2, batchnorm_affine candidates; the `preset` row none), `runtime.distributed_stream`
 train/valid streams, Adam for dense weights and alpha, LazyAdam for the tables, and
 `StepRunner.search` (one alpha step on a validation batch + f=10 weight steps per call) or
-`StepRunner.train` (10 weight steps per call, FDE). `--warmup` calls per model are excluded (the first traces); then the models take
-turns, one call each, `ceil(--steps / 10)` rounds, so load from other processes hits them alike.
-Reported: the median over calls of the call's wall time / 10 (ms per weight step; for AD the
-alpha step is included, amortised over its 10 weight steps), and examples/s = batch / that; also
-the median process CPU time per step (all threads), which other processes' load disturbs less.
+`StepRunner.train` (10 weight steps per call, FDE). `--warmup` calls per model are excluded (the
+first traces); then the models take turns, one call each, `ceil(--steps / 10)` rounds, so load from
+other processes hits them alike. Reported: the median over calls of the call's wall time / 10 (ms
+per weight step; for AD the alpha step is included, amortised over its 10 weight steps), and
+examples/s = batch / that; also the median process CPU time per step (all threads), which other
+processes' load disturbs less.
 
 Also measured: the input pipeline alone (a fresh `distributed_stream` of the same data, iterated
 with `pipeline.input.measure_examples_per_second`), and the share of a weight step taken by the
