@@ -50,7 +50,7 @@ def preprocess(data_root: Path, work: Path, dataset: str) -> Path:
 
 
 def one_run(data: Path, run_dir: Path, dataset: str, backbone: str, seed: int, method: str,
-            extra_sets: list[str], tune_costs=TUNE_COSTS) -> dict:
+            extra_sets: list[str], tune_costs=TUNE_COSTS, tune_embeddings=None) -> dict:
     from configs.experiment import preset_for_dataset, resolve
     from pipeline.retrain import retrain
     from pipeline.search import run_search
@@ -72,11 +72,14 @@ def one_run(data: Path, run_dir: Path, dataset: str, backbone: str, seed: int, m
         from pipeline.tuning import tune_param_cost
 
         reuse_for_tuning(run_dir, cfg.search.param_cost, tune_costs)
-        selection = tune_param_cost(str(data), run_dir, cfg, tune_costs, quiet=True)
+        selection = tune_param_cost(str(data), run_dir, cfg, tune_costs, quiet=True,
+                                    embeddings=tune_embeddings)
         chosen = selection["candidates"][selection["chosen"]]
         m = json.loads((Path(chosen["retrain_dir"]) / "metrics.json").read_text(encoding="utf-8"))
         m["param_cost"] = chosen["param_cost"]
-        m["candidates"] = [{k: c[k] for k in ("param_cost", "best_valid_auc", "test_auc", "params")}
+        m["search_embedding"] = chosen.get("search_embedding")
+        m["candidates"] = [{k: c.get(k) for k in ("param_cost", "search_embedding",
+                                                  "best_valid_auc", "test_auc", "params")}
                            for c in selection["candidates"]]
     else:
         run_search(str(data), str(run_dir / "search"), cfg, quiet=True)
@@ -187,6 +190,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tune-costs", default=",".join(map(str, TUNE_COSTS)),
                         help="autodim_tuned: the search.param_cost values it chooses among on "
                              "validation AUC")
+    parser.add_argument("--tune-embeddings", default="",
+                        help="autodim_tuned: also search each cost with these named search "
+                             "embeddings (e.g. raw,ad2; pipeline.run --search_embeddings); '' "
+                             "for the preset's only")
     args = parser.parse_args(argv)
     from configs.loader import ConfigError
     from pipeline.tuning import parse_costs
@@ -195,6 +202,14 @@ def main(argv=None) -> int:
         tune_costs = parse_costs(args.tune_costs)
     except ConfigError as exc:
         parser.error(str(exc).replace("--param_costs", "--tune-costs"))
+    tune_embeddings = None
+    if args.tune_embeddings:
+        from pipeline.tuning import parse_embeddings
+
+        try:
+            tune_embeddings = parse_embeddings(args.tune_embeddings)
+        except ConfigError as exc:
+            parser.error(str(exc).replace("--search_embeddings", "--tune-embeddings"))
     root = Path(args.data_root)
     if not root.is_dir():
         print(f"skipped: data root {root} does not exist (the licensed datasets are not part of "
@@ -226,7 +241,7 @@ def main(argv=None) -> int:
                 for method in methods:
                     run_dir = work / dataset / backbone / f"seed{seed}" / method
                     m = one_run(data, run_dir, dataset, backbone, seed, method, args.set,
-                                tune_costs)
+                                tune_costs, tune_embeddings)
                     results.setdefault((dataset, backbone), {}).setdefault(method, []).append(m)
                     print(f"{dataset} {backbone} seed {seed} {method}: test AUC "
                           f"{m['test_auc']:.4f} logloss {m['test_logloss']:.4f} params "

@@ -222,6 +222,15 @@ def run_hash(cfg: ExperimentConfig) -> str:
     return config_hash(data)
 
 
+# Named search embeddings (model overrides) that `pipeline.run --search_embeddings` chooses among
+# on validation: `raw` is what the adaptive presets search with, `ad2` the paper's AD-2 with the
+# affine BatchNorm (the presets before README "Making the search work", item 5).
+SEARCH_EMBEDDINGS: dict[str, dict[str, str]] = {
+    "raw": {"unify": "zero_pad", "candidate_norm": "none"},
+    "ad2": {"unify": "linear", "candidate_norm": "batchnorm_affine"},
+}
+
+
 # The model settings a retraining reads (the search-time embedding - lookup, unify, candidate_norm -
 # and the whole search section only shape the dims it is given, which it records separately).
 RETRAIN_MODEL_KEYS = ("backbone", "candidate_dims", "mlp_units", "dropout")
@@ -244,4 +253,4 @@ def preset_for_dataset(dataset: str) -> str:
 
 __all__ = ["ModelConfig", "SearchConfig", "RetrainConfig", "ExperimentConfig", "PRESETS",
            "resolve", "preset_for_dataset", "from_dict", "run_hash", "retrain_hash", "POST_SEARCH_KEYS",
-           "RETRAIN_MODEL_KEYS"]
+           "RETRAIN_MODEL_KEYS", "SEARCH_EMBEDDINGS"]

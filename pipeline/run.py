@@ -2,7 +2,7 @@
 
     python -m pipeline.run --dataset criteo --input 'logs/*.txt' --workdir runs/criteo \
         [--config FILE] [--preset NAME] [--set key=value ...] [--fde_dim 32] [--no_export]
-        [--param_costs 0.01,0.05 [--cost_tolerance 0.0]]
+        [--param_costs 0.01,0.05 [--cost_tolerance 0.0] [--search_embeddings raw,ad2]]
     python -m pipeline.run --demo [--rows 100000] --workdir runs/demo
 
 Stages (each skipped when its output is already complete, so a rerun resumes; once WORKDIR/data
@@ -16,6 +16,8 @@ is complete, --dataset and --input may be left out):
 With --param_costs C1,C2,... the search and its retraining run once per parameter cost
 (WORKDIR/search_cost<C>, WORKDIR/retrain_cost<C>) and the model with the best validation AUC is
 kept, evaluated and exported (WORKDIR/param_cost_selection.json; pipeline/tuning.py).
+--search_embeddings raw,ad2 searches every cost with each named search embedding as well
+(WORKDIR/search_ad2_cost<C>, ...; the config's own embedding keeps the plain names).
 `--demo` first writes the built-in synthetic dataset (Criteo format, planted structure) to
 WORKDIR/raw/.
 """
@@ -39,11 +41,18 @@ def run(args) -> dict:
     from pipeline.runtime import atomic_write_json
     from pipeline.search import format_dims, run_search
 
-    costs = None
+    costs, embeddings = None, None
     if args.param_costs is not None:  # checked before anything runs
         from pipeline.tuning import parse_costs
 
         costs = parse_costs(args.param_costs)
+    if args.search_embeddings is not None:
+        from pipeline.tuning import parse_embeddings
+
+        embeddings = parse_embeddings(args.search_embeddings)
+        if costs is None:
+            raise ConfigError("--search_embeddings needs --param_costs (e.g. --param_costs "
+                              "0.01,0.05): the embeddings are searched at each cost")
     if args.cost_tolerance < 0 or args.cost_tolerance != args.cost_tolerance:
         raise ConfigError(f"--cost_tolerance must be >= 0, got {args.cost_tolerance}")
     work = Path(args.workdir)
@@ -85,9 +94,11 @@ def run(args) -> dict:
         from pipeline.tuning import format_selection, tune_param_cost
 
         print(f"[3-4/5] searching and retraining at each parameter cost "
-              f"({', '.join(map(str, costs))}; preset {preset}), choosing on validation AUC")
+              f"({', '.join(map(str, costs))}; preset {preset})"
+              + (f" and search embedding ({', '.join(embeddings)})" if embeddings else "")
+              + ", choosing on validation AUC")
         selection = tune_param_cost(str(data), work, cfg, costs, tolerance=args.cost_tolerance,
-                                    quiet=args.quiet, preset=preset)
+                                    quiet=args.quiet, preset=preset, embeddings=embeddings)
         print(format_selection(selection))
         chosen = selection["candidates"][selection["chosen"]]
         search_dir, auto_dir = Path(chosen["search_dir"]), Path(chosen["retrain_dir"])
@@ -200,6 +211,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cost_tolerance", type=float, default=0.0,
                         help="with --param_costs: among the costs whose validation AUC is "
                              "within this of the best, keep the fewest embedding parameters")
+    parser.add_argument("--search_embeddings", metavar="NAME1,NAME2",
+                        help="with --param_costs: also search each cost with each named search "
+                             "embedding (raw: zero_pad + no normalisation, the presets'; ad2: "
+                             "linear + batchnorm_affine) and keep the best validated model")
     parser.add_argument("--quiet", action="store_true")
     args, beam_args = parser.parse_known_args(argv)
     args.beam_args = beam_args

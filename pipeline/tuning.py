@@ -10,6 +10,11 @@ frontier and 0.01 puts it above; on MovieLens-100k 0.05 does as well with fewer 
     WORKDIR/retrain_cost<c>   its dimensions retrained -> metrics.json (best_valid_auc)
     WORKDIR/param_cost_selection.json   every candidate and the choice
 
+With `embeddings` (`pipeline.run --search_embeddings raw,ad2`; configs.experiment
+SEARCH_EMBEDDINGS) every cost is searched with each named search embedding too. A candidate whose
+embedding is the config's own keeps the plain directory names above; the others are
+`search_<name>_cost<c>` / `retrain_<name>_cost<c>`.
+
 The choice (`choose`) reads only the validation split: the highest retrained validation AUC;
 among the candidates within `tolerance` of it, the one with the fewest embedding parameters.
 Every stage resumes like a single search and retraining (finished ones are skipped).
@@ -20,7 +25,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from configs.experiment import ExperimentConfig
+from configs.experiment import SEARCH_EMBEDDINGS, ExperimentConfig
 from configs.loader import ConfigError, merge
 
 SELECTION_FILE = "param_cost_selection.json"
@@ -46,6 +51,24 @@ def parse_costs(text: str) -> tuple[float, ...]:
     return tuple(costs)
 
 
+def parse_embeddings(text: str) -> tuple[str, ...]:
+    """"raw,ad2" -> ("raw", "ad2"); each a name in SEARCH_EMBEDDINGS, no repeats."""
+    names = []
+    for item in text.split(","):
+        item = item.strip()
+        if item not in SEARCH_EMBEDDINGS:
+            raise ConfigError(f"--search_embeddings: unknown {item!r}; known: "
+                              f"{', '.join(SEARCH_EMBEDDINGS)}")
+        if item in names:
+            raise ConfigError(f"--search_embeddings: {item!r} is given twice")
+        names.append(item)
+    return tuple(names)
+
+
+def _is_own_embedding(cfg: ExperimentConfig, name: str) -> bool:
+    return all(getattr(cfg.model, k) == v for k, v in SEARCH_EMBEDDINGS[name].items())
+
+
 def cost_label(cost: float) -> str:
     """The directory suffix of a cost: 0.05 -> "0.05", 0.0 -> "0"."""
     return f"{cost:g}"
@@ -65,11 +88,12 @@ def choose(candidates: Sequence[dict], tolerance: float = 0.0) -> int:
 
 def tune_param_cost(data_dir: str, workdir: str | Path, cfg: ExperimentConfig,
                     costs: Sequence[float], *, tolerance: float = 0.0, quiet: bool = False,
-                    preset: str | None = None) -> dict:
-    """Searches and retrains once per cost in `costs`, then chooses on validation AUC (see the
-    module docstring). Returns the selection record (also written to WORKDIR/SELECTION_FILE):
-    `candidates` (cost, directories, validation and test AUC, params, dims), `chosen` (its
-    index), `tolerance` and `rule`."""
+                    preset: str | None = None, embeddings: Sequence[str] | None = None) -> dict:
+    """Searches and retrains once per cost in `costs` (and per named search embedding in
+    `embeddings`, if given), then chooses on validation AUC (see the module docstring). Returns
+    the selection record (also written to WORKDIR/SELECTION_FILE): `candidates` (cost,
+    embedding, directories, validation and test AUC, params, dims), `chosen` (its index),
+    `tolerance` and `rule`."""
     from pipeline.retrain import retrain
     from pipeline.runtime import atomic_write_json
     from pipeline.search import run_search
@@ -77,17 +101,27 @@ def tune_param_cost(data_dir: str, workdir: str | Path, cfg: ExperimentConfig,
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     candidates, records = [], []
-    for cost in costs:
+    grid = [(name, cost) for name in (embeddings or (None,)) for cost in costs]
+    for name, cost in grid:
         label = cost_label(cost)
         cost_cfg = merge(cfg, {"search": {"param_cost": cost}})
-        search_dir, retrain_dir = work / f"search_cost{label}", work / f"retrain_cost{label}"
+        prefix = ""
+        if name is not None:
+            cost_cfg = merge(cost_cfg, {"model": SEARCH_EMBEDDINGS[name]})
+            prefix = "" if _is_own_embedding(cfg, name) else f"{name}_"
+        search_dir = work / f"search_{prefix}cost{label}"
+        retrain_dir = work / f"retrain_{prefix}cost{label}"
         if not quiet:
-            print(f"param cost {label}: search -> {search_dir}, retrain -> {retrain_dir}")
+            what = f"param cost {label}" + (f", search embedding {name}" if name else "")
+            print(f"{what}: search -> {search_dir}, retrain -> {retrain_dir}")
         dims = run_search(data_dir, str(search_dir), cost_cfg, quiet=quiet, preset=preset)
         metrics = retrain(data_dir, str(search_dir / "dims.json"), str(retrain_dir), cost_cfg,
                           quiet=quiet, preset=preset)
         candidates.append(metrics)
-        records.append({"param_cost": cost, "search_dir": str(search_dir),
+        records.append({"param_cost": cost, "search_embedding": name,
+                        "unify": cost_cfg.model.unify,
+                        "candidate_norm": cost_cfg.model.candidate_norm,
+                        "search_dir": str(search_dir),
                         "retrain_dir": str(retrain_dir),
                         "best_valid_auc": metrics["best_valid_auc"],
                         "test_auc": metrics["test_auc"], "test_logloss": metrics["test_logloss"],
@@ -102,9 +136,12 @@ def tune_param_cost(data_dir: str, workdir: str | Path, cfg: ExperimentConfig,
 
 
 def format_selection(selection: dict) -> str:
-    lines = [f"{'param cost':>10} {'valid AUC':>10} {'test AUC':>9} {'emb params':>11}"]
+    named = any(c.get("search_embedding") for c in selection["candidates"])
+    head = f"{'embedding':>10} " if named else ""
+    lines = [f"{head}{'param cost':>10} {'valid AUC':>10} {'test AUC':>9} {'emb params':>11}"]
     for i, c in enumerate(selection["candidates"]):
         mark = "  <- chosen (validation)" if i == selection["chosen"] else ""
-        lines.append(f"{cost_label(c['param_cost']):>10} {c['best_valid_auc']:>10.4f} "
+        emb = f"{c.get('search_embedding') or '':>10} " if named else ""
+        lines.append(f"{emb}{cost_label(c['param_cost']):>10} {c['best_valid_auc']:>10.4f} "
                      f"{c['test_auc']:>9.4f} {c['params']:>11,}{mark}")
     return "\n".join(lines)

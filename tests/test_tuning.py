@@ -2,7 +2,7 @@
 import pytest
 
 from configs.loader import ConfigError
-from pipeline.tuning import choose, cost_label, parse_costs
+from pipeline.tuning import choose, cost_label, format_selection, parse_costs, parse_embeddings
 from tests.fixtures import random_split_data, read_json, run_module, write_dataset
 
 VOCAB = [300, 200, 20, 10, 100]
@@ -40,6 +40,27 @@ def test_parse_costs_accepts_numbers_and_names_the_bad_item():
                        ("0.1,", "'' is not a number")):
         with pytest.raises(ConfigError, match=words):
             parse_costs(bad)
+
+
+def test_parse_embeddings_names_the_bad_item():
+    assert parse_embeddings("raw, ad2") == ("raw", "ad2")
+    for bad, words in (("raw,linear", "unknown 'linear'; known: raw, ad2"),
+                       ("ad2,ad2", "'ad2' is given twice"), ("", "unknown ''")):
+        with pytest.raises(ConfigError, match=words):
+            parse_embeddings(bad)
+
+
+def test_format_selection_shows_the_embedding_column_only_when_there_is_one():
+    row = {"param_cost": 0.05, "best_valid_auc": 0.78, "test_auc": 0.77, "params": 1234}
+    plain = format_selection({"candidates": [row, {**row, "param_cost": 0.01}], "chosen": 1})
+    assert "embedding" not in plain
+    assert plain.splitlines()[2].endswith("<- chosen (validation)")
+    named = format_selection({"candidates": [{**row, "search_embedding": "raw"},
+                                             {**row, "search_embedding": "ad2"}], "chosen": 0})
+    lines = named.splitlines()
+    assert lines[0].split()[0] == "embedding"
+    assert lines[1].split()[:2] == ["raw", "0.05"] and "<- chosen" in lines[1]
+    assert lines[2].split()[:2] == ["ad2", "0.05"]
 
 
 @pytest.fixture(scope="module")
@@ -113,4 +134,41 @@ def test_run_refuses_bad_param_costs_before_starting(tmp_path):
     assert res.returncode == 2 and "--cost_tolerance must be >= 0" in res.stderr
     res = run_module("pipeline.run", ["--workdir", str(work), *FAST])  # no data, no --input
     assert res.returncode == 2 and "--dataset and --input are required" in res.stderr
+    assert not work.exists()
+
+
+def test_run_with_search_embeddings_searches_each_and_keeps_the_best_validated(tmp_path):
+    ids, labels = random_split_data(6000, VOCAB, seed=3)
+    write_dataset(tmp_path / "data", ids, labels, VOCAB)
+    res = run_module("pipeline.run", ["--workdir", str(tmp_path), "--param_costs", "0.5",
+                                      "--search_embeddings", "raw,ad2", "--no_export", *FAST])
+    assert res.returncode == 0, res.stderr[-3000:]
+    selection = read_json(tmp_path / "param_cost_selection.json")
+    raw, ad2 = selection["candidates"]
+    assert [raw["search_embedding"], ad2["search_embedding"]] == ["raw", "ad2"]
+    # the preset's own embedding keeps the plain names; the other one is prefixed
+    assert raw["search_dir"].endswith("/search_cost0.5")
+    assert ad2["search_dir"].endswith("/search_ad2_cost0.5")
+    assert ad2["retrain_dir"].endswith("/retrain_ad2_cost0.5")
+    for c, unify, norm in ((raw, "zero_pad", "none"), (ad2, "linear", "batchnorm_affine")):
+        model = read_json(f"{c['search_dir']}/config.json")["config"]["model"]
+        assert (model["unify"], model["candidate_norm"]) == (unify, norm)
+        assert (c["unify"], c["candidate_norm"]) == (unify, norm)
+        assert read_json(f"{c['retrain_dir']}/metrics.json")["best_valid_auc"] == c["best_valid_auc"]
+    assert raw["dims"] != ad2["dims"] or raw["best_valid_auc"] != ad2["best_valid_auc"]
+    best = max((0, 1), key=lambda i: selection["candidates"][i]["best_valid_auc"])
+    assert selection["chosen"] == best
+    assert read_json(tmp_path / "summary.json")["autodim"]["test_auc"] == \
+        selection["candidates"][best]["test_auc"]
+    assert "embedding" in res.stdout and "<- chosen (validation)" in res.stdout
+
+
+def test_run_refuses_bad_search_embeddings_before_starting(tmp_path):
+    work = tmp_path / "never"
+    res = run_module("pipeline.run", ["--workdir", str(work), "--search_embeddings", "raw",
+                                      *FAST])
+    assert res.returncode == 2 and "--search_embeddings needs --param_costs" in res.stderr
+    res = run_module("pipeline.run", ["--workdir", str(work), "--param_costs", "0.05",
+                                      "--search_embeddings", "raw,bn", *FAST])
+    assert res.returncode == 2 and "--search_embeddings: unknown 'bn'" in res.stderr
     assert not work.exists()
