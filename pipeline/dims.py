@@ -10,6 +10,12 @@ from configs.features import DataSchema
 from configs.loader import ConfigError
 
 
+def dims_path(source: str) -> Path:
+    """The dims.json a `--dims` path names: the file itself, or the one in a directory."""
+    path = Path(source)
+    return path / "dims.json" if path.is_dir() else path
+
+
 def load_dims(source: str, schema: DataSchema, candidate_dims, *, trial: int = 0) -> dict:
     """Returns {"source", "kind", "dims": [per field in schema order], "candidate_dims"}.
 
@@ -39,9 +45,7 @@ def load_dims(source: str, schema: DataSchema, candidate_dims, *, trial: int = 0
         dims = [int(cands[i]) for i in rng.integers(0, len(cands), size=len(names))]
         return {"source": f"{source}#{trial}", "kind": "random", "dims": dims,
                 "candidate_dims": cands}
-    path = Path(source)
-    if path.is_dir():
-        path = path / "dims.json"
+    path = dims_path(source)
     if not path.is_file():
         raise ConfigError(f"--dims {source!r}: not fde:D, random:SEED, or an existing dims.json")
     try:

@@ -23,7 +23,7 @@ import numpy as np
 from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, retrain_hash
 from configs.features import DataSchema
 from configs.loader import ConfigError, load_yaml, merge, parse_set_overrides, to_dict
-from pipeline.dims import load_dims
+from pipeline.dims import dims_path, load_dims
 from pipeline.errors import NonFiniteLossError
 
 METRICS_FILE = "metrics.json"
@@ -233,10 +233,8 @@ def _search_backbone(source: str, config_file: str | None, set_overrides: list[s
         return None
     if source.startswith(("fde:", "random:")):
         return None
-    path = Path(source)
-    path = path / "dims.json" if path.is_dir() else path
     try:
-        backbone = json.loads(path.read_text(encoding="utf-8")).get("backbone")
+        backbone = json.loads(dims_path(source).read_text(encoding="utf-8")).get("backbone")
     except (OSError, ValueError, AttributeError):
         return None
     return backbone if isinstance(backbone, str) else None
