@@ -50,7 +50,8 @@ def preprocess(data_root: Path, work: Path, dataset: str) -> Path:
 
 
 def one_run(data: Path, run_dir: Path, dataset: str, backbone: str, seed: int, method: str,
-            extra_sets: list[str], tune_costs=TUNE_COSTS, tune_embeddings=None) -> dict:
+            extra_sets: list[str], tune_costs=TUNE_COSTS, tune_embeddings=None,
+            tune_tolerance: float | str = 0.0) -> dict:
     from configs.experiment import preset_for_dataset, resolve
     from pipeline.retrain import retrain
     from pipeline.search import run_search
@@ -73,7 +74,7 @@ def one_run(data: Path, run_dir: Path, dataset: str, backbone: str, seed: int, m
 
         reuse_for_tuning(run_dir, cfg.search.param_cost, tune_costs)
         selection = tune_param_cost(str(data), run_dir, cfg, tune_costs, quiet=True,
-                                    embeddings=tune_embeddings)
+                                    embeddings=tune_embeddings, tolerance=tune_tolerance)
         chosen = selection["candidates"][selection["chosen"]]
         m = json.loads((Path(chosen["retrain_dir"]) / "metrics.json").read_text(encoding="utf-8"))
         m["param_cost"] = chosen["param_cost"]
@@ -194,14 +195,21 @@ def main(argv=None) -> int:
                         help="autodim_tuned: also search each cost with these named search "
                              "embeddings (e.g. raw,ad2; pipeline.run --search_embeddings); '' "
                              "for the preset's only")
+    parser.add_argument("--tune-tolerance", default="0",
+                        help="autodim_tuned: pipeline.run --cost_tolerance (an AUC margin, or "
+                             "<K>se: the smallest candidate within K paired standard errors)")
     args = parser.parse_args(argv)
     from configs.loader import ConfigError
-    from pipeline.tuning import parse_costs
+    from pipeline.tuning import parse_costs, parse_tolerance
 
     try:
         tune_costs = parse_costs(args.tune_costs)
     except ConfigError as exc:
         parser.error(str(exc).replace("--param_costs", "--tune-costs"))
+    try:
+        tune_tolerance = parse_tolerance(args.tune_tolerance)
+    except ConfigError as exc:
+        parser.error(str(exc).replace("--cost_tolerance", "--tune-tolerance"))
     tune_embeddings = None
     if args.tune_embeddings:
         from pipeline.tuning import parse_embeddings
@@ -241,7 +249,7 @@ def main(argv=None) -> int:
                 for method in methods:
                     run_dir = work / dataset / backbone / f"seed{seed}" / method
                     m = one_run(data, run_dir, dataset, backbone, seed, method, args.set,
-                                tune_costs, tune_embeddings)
+                                tune_costs, tune_embeddings, tune_tolerance)
                     results.setdefault((dataset, backbone), {}).setdefault(method, []).append(m)
                     print(f"{dataset} {backbone} seed {seed} {method}: test AUC "
                           f"{m['test_auc']:.4f} logloss {m['test_logloss']:.4f} params "

@@ -5,8 +5,8 @@
 
 SOURCE is a search's dims.json, `fde:D` (every field at D) or `random:SEED` (RaS; `--trials K`
 keeps the best of K draws on validation). Early stopping on validation AUC restores the best
-weights; the test split is then scored and `metrics.json`, `test_predictions.npz` and
-`model.keras` are written to model_dir.
+weights; the test split is then scored and `metrics.json`, `test_predictions.npz`,
+`valid_predictions.npz` and `model.keras` are written to model_dir.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 SPEC_FILE = "model_spec.json"
 PREDICTIONS_FILE = "test_predictions.npz"
+VALID_PREDICTIONS_FILE = "valid_predictions.npz"  # at the best weights; pipeline.tuning reads it
 
 
 def retrain(data_dir: str, dims_source: str, model_dir: str, cfg: ExperimentConfig, *,
@@ -61,8 +62,11 @@ def retrain(data_dir: str, dims_source: str, model_dir: str, cfg: ExperimentConf
     best["trials"] = [{"trial": k, "valid_auc": r["best_valid_auc"], "test_auc": r["test_auc"],
                        "params": r["params"]} for k, r in enumerate(results)]
     top = Path(model_dir)
-    for name in (MODEL_FILE, SPEC_FILE, PREDICTIONS_FILE):
-        shutil.copy2(top / "trials" / str(best_k) / name, top / name)
+    for name in (MODEL_FILE, SPEC_FILE, PREDICTIONS_FILE, VALID_PREDICTIONS_FILE):
+        src = top / "trials" / str(best_k) / name
+        if name == VALID_PREDICTIONS_FILE and not src.exists():
+            continue  # a trial finished before validation predictions were saved
+        shutil.copy2(src, top / name)
     from pipeline.runtime import atomic_write_json
     atomic_write_json(top / METRICS_FILE, best)
     return best
@@ -78,8 +82,8 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     from models.params import parameter_report
     from pipeline import runtime, summaries
     from pipeline.progress import Progress
-    from pipeline.trainer import (Optimizers, StepRunner, check_finite, make_embedding_optimizer,
-                                  numpy_auc, numpy_logloss)
+    from pipeline.evaluation import numpy_auc, numpy_logloss
+    from pipeline.trainer import Optimizers, StepRunner, check_finite, make_embedding_optimizer
 
     m, r = cfg.model, cfg.retrain
     dims_list = dims["dims"]
@@ -178,6 +182,7 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     best_ckpt.read(best_prefix).assert_existing_objects_matched()
     labels, probs = predict_split(model, data_dir, schema, "test", r.batch_size)
     np.savez_compressed(model_dir / PREDICTIONS_FILE, labels=labels, probabilities=probs)
+    save_valid_predictions(model, data_dir, schema, model_dir, r.batch_size)
     model.save(model_dir / MODEL_FILE)
     runtime.atomic_write_json(model_dir / SPEC_FILE, spec)
     metrics = {
@@ -219,6 +224,15 @@ def predict_split(model, data_dir, schema, split: str, batch_size: int):
         labels.append(y.numpy())
         probs.append(scores(ids).numpy())
     return np.concatenate(labels), np.concatenate(probs)
+
+
+def save_valid_predictions(model, data_dir, schema, model_dir: Path, batch_size: int) -> Path:
+    """Writes the validation split's labels and probabilities (for `pipeline.tuning`'s paired
+    comparison of candidates) to model_dir/valid_predictions.npz."""
+    labels, probs = predict_split(model, data_dir, schema, "valid", batch_size)
+    path = Path(model_dir) / VALID_PREDICTIONS_FILE
+    np.savez_compressed(path, labels=labels, probabilities=probs)
+    return path
 
 
 def _search_backbone(source: str, config_file: str | None, set_overrides: list[str]) -> str | None:

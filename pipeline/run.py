@@ -2,7 +2,7 @@
 
     python -m pipeline.run --dataset criteo --input 'logs/*.txt' --workdir runs/criteo \
         [--config FILE] [--preset NAME] [--set key=value ...] [--fde_dim 32] [--no_export]
-        [--param_costs 0.01,0.05 [--cost_tolerance 0.0] [--search_embeddings raw,ad2]]
+        [--param_costs 0.01,0.05 [--cost_tolerance 0|1se] [--search_embeddings raw,ad2]]
     python -m pipeline.run --demo [--rows 100000] --workdir runs/demo
 
 Stages (each skipped when its output is already complete, so a rerun resumes; once WORKDIR/data
@@ -53,8 +53,9 @@ def run(args) -> dict:
         if costs is None:
             raise ConfigError("--search_embeddings needs --param_costs (e.g. --param_costs "
                               "0.01,0.05): the embeddings are searched at each cost")
-    if args.cost_tolerance < 0 or args.cost_tolerance != args.cost_tolerance:
-        raise ConfigError(f"--cost_tolerance must be >= 0, got {args.cost_tolerance}")
+    from pipeline.tuning import parse_tolerance
+
+    tolerance = parse_tolerance(args.cost_tolerance)
     work = Path(args.workdir)
     data = work / "data"
     if not args.demo and not (data / SCHEMA_FILE).exists() and not (args.dataset and args.input):
@@ -97,7 +98,7 @@ def run(args) -> dict:
               f"({', '.join(map(str, costs))}; preset {preset})"
               + (f" and search embedding ({', '.join(embeddings)})" if embeddings else "")
               + ", choosing on validation AUC")
-        selection = tune_param_cost(str(data), work, cfg, costs, tolerance=args.cost_tolerance,
+        selection = tune_param_cost(str(data), work, cfg, costs, tolerance=tolerance,
                                     quiet=args.quiet, preset=preset, embeddings=embeddings)
         print(format_selection(selection))
         chosen = selection["candidates"][selection["chosen"]]
@@ -208,9 +209,11 @@ def main(argv=None) -> int:
     parser.add_argument("--param_costs", metavar="C1,C2,...",
                         help="search and retrain once per search.param_cost and keep the model "
                              "with the best validation AUC (pipeline/tuning.py)")
-    parser.add_argument("--cost_tolerance", type=float, default=0.0,
-                        help="with --param_costs: among the costs whose validation AUC is "
-                             "within this of the best, keep the fewest embedding parameters")
+    parser.add_argument("--cost_tolerance", default="0",
+                        help="with --param_costs: among the candidates whose validation AUC is "
+                             "within this of the best, keep the fewest embedding parameters; a "
+                             "number (AUC) or <K>se, K standard errors of the paired validation "
+                             "AUC difference (DeLong), e.g. 1se")
     parser.add_argument("--search_embeddings", metavar="NAME1,NAME2",
                         help="with --param_costs: also search each cost with each named search "
                              "embedding (raw: zero_pad + no normalisation, the presets'; ad2: "

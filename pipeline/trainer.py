@@ -20,8 +20,7 @@ from models.lazy_adam import LazyAdam
 from pipeline.errors import NonFiniteLossError
 
 __all__ = ["NonFiniteLossError", "Optimizers", "StepRunner", "check_finite",
-           "make_embedding_optimizer", "paper_temperature", "anneal_temperature", "numpy_auc",
-           "numpy_logloss"]
+           "make_embedding_optimizer", "paper_temperature", "anneal_temperature"]
 
 
 def make_embedding_optimizer(kind: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -261,29 +260,3 @@ def anneal_temperature(t_min: float, offset: int, length: int):
         t = tf.cast(tf.clip_by_value(step - offset, 0, length), tf.float32)
         return 1.0 - (1.0 - t_min) * t / float(length)
     return fn
-
-
-def numpy_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Exact ROC AUC (Mann-Whitney U with average ranks for ties)."""
-    labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(scores.size, dtype=np.float64)
-    # average ranks over ties
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [scores.size]])
-    avg = (starts + ends + 1) / 2.0
-    ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def numpy_logloss(labels: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
-    p = np.clip(np.asarray(probs, np.float64), eps, 1 - eps)
-    y = np.asarray(labels, np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

@@ -58,6 +58,16 @@ def test_fde_gives_exactly_d_and_metrics_match_the_saved_predictions(small_data,
     np.testing.assert_allclose(again, p, atol=1e-5)
     spec = read_json(tmp_path / "fde8" / "model_spec.json")
     assert spec["dims"] == [8] * len(VOCAB) and spec["schema_hash"] == schema.schema_hash
+    # the validation split at the same (best) weights, for pipeline.tuning's paired comparison
+    valid = np.load(tmp_path / "fde8" / "valid_predictions.npz")
+    vy, vp = valid["labels"], valid["probabilities"]
+    assert len(vy) == schema.splits["valid"]
+    ds = input_lib.make_dataset(str(small_data), schema, "valid", 512, shuffle=False, repeat=False)
+    np.testing.assert_allclose(
+        np.concatenate([tf.sigmoid(model(ids, training=False)).numpy() for ids, _ in ds]), vp,
+        atol=1e-5)
+    # best_valid_auc is the streaming (thresholded) metric of the same weights
+    assert abs(m["best_valid_auc"] - _auc(vy, vp)) < 0.01
 
 
 def test_retrain_resumes_after_sigkill_with_the_same_result(small_data, tmp_path):

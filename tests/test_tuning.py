@@ -1,8 +1,10 @@
 """The parameter cost chosen on validation (pipeline/tuning.py) and `pipeline.run --param_costs`."""
+import numpy as np
 import pytest
 
 from configs.loader import ConfigError
-from pipeline.tuning import choose, cost_label, format_selection, parse_costs, parse_embeddings
+from pipeline.tuning import (choose, cost_label, format_selection, paired_gaps, parse_costs,
+                             parse_embeddings, parse_tolerance)
 from tests.fixtures import random_split_data, read_json, run_module, write_dataset
 
 VOCAB = [300, 200, 20, 10, 100]
@@ -29,6 +31,49 @@ def test_choose_keeps_the_best_validation_auc_or_the_smallest_close_one():
         choose([])
     with pytest.raises(ValueError):
         choose(candidates, tolerance=-0.1)
+
+
+def _g(gap, se, params):
+    return {"best_valid_auc": 0.0, "valid_gap": gap, "valid_gap_se": se, "params": params}
+
+
+def test_choose_in_standard_errors_keeps_the_smallest_model_within_the_noise():
+    candidates = [_g(0.0, 0.0, 60_000), _g(0.001, 0.0015, 20_000), _g(0.004, 0.0015, 9_000)]
+    assert choose(candidates, "0se") == 0
+    assert choose(candidates, "0.5se") == 0  # 0.001 > 0.5 x 0.0015
+    assert choose(candidates, "1se") == 1    # 0.001 <= 1 x 0.0015
+    assert choose(candidates, "2se") == 1    # 0.004 > 2 x 0.0015
+    assert choose(candidates, "3se") == 2    # 0.004 <= 3 x 0.0015
+    assert choose([_g(0.0, 0.0, 5), _g(0.001, 0.0, 3)], "5se") == 0  # no noise: no slack
+
+
+def test_parse_tolerance_accepts_margins_and_standard_errors():
+    assert parse_tolerance("0") == 0.0 and parse_tolerance("0.001") == 0.001
+    assert parse_tolerance("1se") == "1se" and parse_tolerance(" 0.5SE ") == "0.5se"
+    assert parse_tolerance(2) == 2.0
+    for bad, words in (("-1", "must be >= 0, got '-1'"), ("-1se", "must be >= 0"),
+                       ("nan", "must be >= 0"), ("abc", "a number or <K>se"),
+                       ("se", "a number or <K>se")):
+        with pytest.raises(ConfigError, match=words):
+            parse_tolerance(bad)
+
+
+def test_paired_gaps_measure_each_candidate_against_the_best():
+    rng = np.random.default_rng(0)
+    signal = rng.normal(size=4000)
+    labels = (signal + rng.normal(size=4000) > 0).astype(np.float32)
+    good = signal + 0.5 * rng.normal(size=4000)
+    near = good + 0.05 * rng.normal(size=4000)   # almost the same model
+    poor = signal + 3.0 * rng.normal(size=4000)  # clearly worse
+    aucs, gaps, ses = paired_gaps(labels, [near, good, poor])
+    assert int(np.argmax(aucs)) == int(np.argmin(gaps))
+    best = int(np.argmax(aucs))
+    assert gaps[best] == 0.0 and ses[best] == 0.0
+    assert gaps[2] > 5 * ses[2]                      # poor: worse far beyond the noise
+    assert min(gaps[0], gaps[1]) == 0.0 and max(gaps[0], gaps[1]) < 2 * max(ses[0], ses[1])
+    cands = [{"valid_gap": g, "valid_gap_se": e, "params": p, "best_valid_auc": a}
+             for g, e, a, p in zip(gaps, ses, aucs, (40_000, 50_000, 1_000))]
+    assert choose(cands, "2se") == 0  # the smaller of the two indistinguishable models
 
 
 def test_parse_costs_accepts_numbers_and_names_the_bad_item():
@@ -110,6 +155,29 @@ def test_run_with_param_costs_keeps_the_best_validated_model(fixture_workdir):
     assert {p: p.stat().st_mtime_ns for p in work.glob("*_cost*/metrics.json")} == {
         p: t for p, t in stamps.items() if p.name == "metrics.json"}
 
+    # in standard errors: the validation predictions retraining saved, compared pairwise
+    first = read_json(work / "param_cost_selection.json")
+    saved = {c["retrain_dir"]: np.load(f"{c['retrain_dir']}/valid_predictions.npz")["probabilities"]
+             for c in first["candidates"]}
+    (work / "retrain_cost2" / "valid_predictions.npz").unlink()  # as if retrained before it existed
+    res = run_module("pipeline.run", ["--workdir", str(work), "--param_costs", "0,2",
+                                      "--cost_tolerance", "0se", "--no_export", *FAST])
+    assert res.returncode == 0, res.stderr[-3000:]
+    paired = read_json(work / "param_cost_selection.json")
+    assert paired["tolerance"] == "0se" and "DeLong" in paired["rule"]
+    assert "gap / SE" in res.stdout
+    for c in paired["candidates"]:  # the missing file was recomputed from model.keras
+        z = np.load(f"{c['retrain_dir']}/valid_predictions.npz")
+        np.testing.assert_allclose(z["probabilities"], saved[c["retrain_dir"]], atol=1e-6)
+        assert abs(c["valid_auc_exact"] - c["best_valid_auc"]) < 0.01
+    exact = [c["valid_auc_exact"] for c in paired["candidates"]]
+    best = int(np.argmax(exact))
+    assert [c["valid_gap"] for c in paired["candidates"]] == pytest.approx(
+        [max(exact) - a for a in exact])
+    assert paired["candidates"][best]["valid_gap_se"] == 0.0
+    assert paired["candidates"][1 - best]["valid_gap_se"] > 0
+    assert paired["chosen"] == best  # 0 standard errors: the best, whatever its size
+
     # the export follows the choice: a new version when it changed, the same one otherwise
     def exported():
         versions = sorted((work / "exports" / "fixture").iterdir(), key=lambda p: int(p.name))
@@ -132,6 +200,9 @@ def test_run_refuses_bad_param_costs_before_starting(tmp_path):
     res = run_module("pipeline.run", ["--workdir", str(work), "--param_costs", "0.01",
                                       "--cost_tolerance", "-1", *FAST])
     assert res.returncode == 2 and "--cost_tolerance must be >= 0" in res.stderr
+    res = run_module("pipeline.run", ["--workdir", str(work), "--param_costs", "0.01",
+                                      "--cost_tolerance", "one", *FAST])
+    assert res.returncode == 2 and "a number or <K>se (e.g. 1se), got 'one'" in res.stderr
     res = run_module("pipeline.run", ["--workdir", str(work), *FAST])  # no data, no --input
     assert res.returncode == 2 and "--dataset and --input are required" in res.stderr
     assert not work.exists()
