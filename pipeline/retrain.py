@@ -215,7 +215,7 @@ def predict_split(model, data_dir, schema, split: str, batch_size: int):
     ds = input_lib.make_dataset(data_dir, schema, split, batch_size, shuffle=False, repeat=False,
                                 seed=None)
 
-    @tf.function
+    @tf.function(reduce_retracing=True)  # the last, partial batch must not retrace
     def scores(ids):
         return tf.sigmoid(model(ids, training=False))
 
