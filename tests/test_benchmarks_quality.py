@@ -90,3 +90,7 @@ def test_autodim_tuned_reuses_the_same_seeds_autodim_run_at_the_preset_cost(tmp_
     with pytest.raises(SystemExit):
         quality.main(["--data-root", str(tmp_path / "root"), "--tune-costs", "0.01,abc"])
     assert "--tune-costs: 'abc' is not a number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality.main(["--data-root", str(tmp_path / "root"), "--tune-tolerance", "1sd"])
+    assert "--tune-tolerance must be a number or <K>se (e.g. 1se), got '1sd'" in \
+        capsys.readouterr().err
