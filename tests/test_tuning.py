@@ -16,6 +16,13 @@ FAST = ["--quiet", "--fde_dim", "4",
         "--set", "retrain.checkpoint_every=20", "--set", "retrain.steps_per_call=5"]
 
 
+def _refused(parse, cases):
+    """Each (bad input, words) is refused with a ConfigError whose message matches words."""
+    for bad, words in cases:
+        with pytest.raises(ConfigError, match=words):
+            parse(bad)
+
+
 def _c(valid_auc, params):
     return {"best_valid_auc": valid_auc, "params": params}
 
@@ -51,11 +58,9 @@ def test_parse_tolerance_accepts_margins_and_standard_errors():
     assert parse_tolerance("0") == 0.0 and parse_tolerance("0.001") == 0.001
     assert parse_tolerance("1se") == "1se" and parse_tolerance(" 0.5SE ") == "0.5se"
     assert parse_tolerance(2) == 2.0
-    for bad, words in (("-1", "must be >= 0, got '-1'"), ("-1se", "must be >= 0"),
-                       ("nan", "must be >= 0"), ("abc", "a number or <K>se"),
-                       ("se", "a number or <K>se")):
-        with pytest.raises(ConfigError, match=words):
-            parse_tolerance(bad)
+    _refused(parse_tolerance, (("-1", "must be >= 0, got '-1'"), ("-1se", "must be >= 0"),
+                               ("nan", "must be >= 0"), ("abc", "a number or <K>se"),
+                               ("se", "a number or <K>se")))
 
 
 def test_paired_gaps_measure_each_candidate_against_the_best():
@@ -80,19 +85,15 @@ def test_parse_costs_accepts_numbers_and_names_the_bad_item():
     assert parse_costs("0.01, 0.05") == (0.01, 0.05)
     assert parse_costs("0") == (0.0,)
     assert [cost_label(c) for c in parse_costs("0,0.05,1e-3")] == ["0", "0.05", "0.001"]
-    for bad, words in (("0.01,abc", "'abc' is not a number"), ("-1", "'-1' must be"),
-                       ("nan", "'nan' must be"), ("0.1,0.1", "'0.1' is given twice"),
-                       ("0.1,", "'' is not a number")):
-        with pytest.raises(ConfigError, match=words):
-            parse_costs(bad)
+    _refused(parse_costs, (("0.01,abc", "'abc' is not a number"), ("-1", "'-1' must be"),
+                           ("nan", "'nan' must be"), ("0.1,0.1", "'0.1' is given twice"),
+                           ("0.1,", "'' is not a number")))
 
 
 def test_parse_embeddings_names_the_bad_item():
     assert parse_embeddings("raw, ad2") == ("raw", "ad2")
-    for bad, words in (("raw,linear", "unknown 'linear'; known: raw, ad2"),
-                       ("ad2,ad2", "'ad2' is given twice"), ("", "unknown ''")):
-        with pytest.raises(ConfigError, match=words):
-            parse_embeddings(bad)
+    _refused(parse_embeddings, (("raw,linear", "unknown 'linear'; known: raw, ad2"),
+                                ("ad2,ad2", "'ad2' is given twice"), ("", "unknown ''")))
 
 
 def test_format_selection_shows_the_embedding_column_only_when_there_is_one():
