@@ -169,7 +169,7 @@ def tune_param_cost(data_dir: str, workdir: str | Path, cfg: ExperimentConfig,
 
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    candidates, records = [], []
+    records = []
     grid = [(name, cost) for name in (embeddings or (None,)) for cost in costs]
     for name, cost in grid:
         label = cost_label(cost)
@@ -186,7 +186,6 @@ def tune_param_cost(data_dir: str, workdir: str | Path, cfg: ExperimentConfig,
         dims = run_search(data_dir, str(search_dir), cost_cfg, quiet=quiet, preset=preset)
         metrics = retrain(data_dir, str(search_dir / "dims.json"), str(retrain_dir), cost_cfg,
                           quiet=quiet, preset=preset)
-        candidates.append(metrics)
         records.append({"param_cost": cost, "search_embedding": name,
                         "unify": cost_cfg.model.unify,
                         "candidate_norm": cost_cfg.model.candidate_norm,
@@ -206,16 +205,15 @@ def tune_param_cost(data_dir: str, workdir: str | Path, cfg: ExperimentConfig,
             labels = y
             scores.append(p)
         aucs, gaps, ses = paired_gaps(labels, scores)
-        for rec, cand, auc, gap, se in zip(records, candidates, aucs, gaps, ses):
+        for rec, auc, gap, se in zip(records, aucs, gaps, ses):
             rec.update(valid_auc_exact=auc, valid_gap=gap, valid_gap_se=se)
-            cand.update(valid_gap=gap, valid_gap_se=se)
         rule = ("fewest embedding parameters among the candidates whose exact validation AUC is "
                 "below the best's by at most `tolerance` standard errors of the paired "
                 "difference (DeLong)")
     else:
         rule = "highest retrained validation AUC; within `tolerance` of it, the fewest embedding " \
                "parameters"
-    chosen = choose(candidates, tolerance)
+    chosen = choose(records, tolerance)
     selection = {"candidates": records, "chosen": chosen, "tolerance": tolerance, "rule": rule}
     atomic_write_json(work / SELECTION_FILE, selection)
     return selection
