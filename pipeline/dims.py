@@ -1,4 +1,5 @@
-"""Dimension sources for retraining: a search's dims.json, `fde:D`, or `random:SEED` (RaS)."""
+"""Dimension sources for retraining: a search's dims.json, `fde:D`, or `random:SEED` (RaS), with
+optional per-field overrides (`--dim FIELD=D`) on top of any of them."""
 from __future__ import annotations
 
 import json
@@ -65,3 +66,40 @@ def load_dims(source: str, schema: DataSchema, candidate_dims, *, trial: int = 0
     return {"source": str(path), "kind": "autodim", "dims": [int(fields[n]["dim"]) for n in names],
             "candidate_dims": data.get("candidate_dims"), "search_backbone": data.get("backbone"),
             "variant": data.get("variant")}
+
+
+def parse_dim_overrides(items) -> dict:
+    """`["item=16", "user=8"]` -> {"item": 16, "user": 8}; refuses malformed or repeated items."""
+    out: dict = {}
+    for item in items or ():
+        name, sep, value = str(item).partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"--dim {item!r}: expected FIELD=D, e.g. --dim item=16")
+        try:
+            d = int(value)
+        except ValueError:
+            raise ConfigError(f"--dim {item!r}: D must be an integer") from None
+        if d <= 0:
+            raise ConfigError(f"--dim {item!r}: D must be positive")
+        if name in out:
+            raise ConfigError(f"--dim {item!r}: field {name!r} is given twice")
+        out[name] = d
+    return out
+
+
+def apply_dim_overrides(dims: dict, overrides: dict, schema: DataSchema) -> dict:
+    """A copy of a load_dims result with the named fields' dimensions replaced (a per-field
+    ablation: "the search's choice, but with item at 32"). Unknown fields are refused by name."""
+    if not overrides:
+        return dims
+    names = schema.field_names
+    unknown = [n for n in overrides if n not in names]
+    if unknown:
+        raise ConfigError(f"--dim: no field {unknown[0]!r} in dataset {schema.dataset!r} "
+                          f"(fields: {', '.join(names)})")
+    out = dict(dims)
+    out["dims"] = [int(overrides.get(n, d)) for n, d in zip(names, dims["dims"])]
+    out["overrides"] = dict(overrides)
+    out["source"] = f"{dims['source']} with " + ",".join(f"{k}={v}" for k, v in overrides.items())
+    return out

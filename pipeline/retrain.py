@@ -1,10 +1,11 @@
 """`python -m pipeline.retrain`: train the discrete architecture (the paper's Algorithm 2).
 
     python -m pipeline.retrain --data DIR --dims SOURCE --model_dir DIR [--backbone NAME]
-        [--trials K] [--config FILE] [--preset NAME] [--set key=value ...] [--logical_cpus K]
+        [--dim FIELD=D ...] [--trials K] [--config FILE] [--preset NAME] [--set key=value ...] [--logical_cpus K]
 
 SOURCE is a search's dims.json, `fde:D` (every field at D) or `random:SEED` (RaS; `--trials K`
-keeps the best of K draws on validation). Early stopping on validation AUC restores the best
+keeps the best of K draws on validation). `--dim FIELD=D` (repeatable) overrides single fields
+on top of any SOURCE, for per-field ablations. Early stopping on validation AUC restores the best
 weights; the test split is then scored and `metrics.json`, `test_predictions.npz`,
 `valid_predictions.npz` and `model.keras` are written to model_dir.
 """
@@ -23,7 +24,7 @@ import numpy as np
 from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, retrain_hash
 from configs.features import DataSchema
 from configs.loader import ConfigError, load_yaml, merge, parse_set_overrides, to_dict
-from pipeline.dims import dims_path, load_dims
+from pipeline.dims import apply_dim_overrides, dims_path, load_dims, parse_dim_overrides
 from pipeline.errors import NonFiniteLossError
 
 METRICS_FILE = "metrics.json"
@@ -35,9 +36,10 @@ VALID_PREDICTIONS_FILE = "valid_predictions.npz"  # at the best weights; pipelin
 
 def retrain(data_dir: str, dims_source: str, model_dir: str, cfg: ExperimentConfig, *,
             trials: int = 1, quiet: bool = False, preset: str | None = None, strategy=None,
-            logical_cpus: int = 0, trial_index: int = 0) -> dict:
+            logical_cpus: int = 0, trial_index: int = 0, dim_overrides: dict | None = None) -> dict:
     """Retrains (or resumes) and returns metrics.json's contents; with trials > 1 (random dims)
-    trains each draw in model_dir/trials/K and keeps the best on validation AUC."""
+    trains each draw in model_dir/trials/K and keeps the best on validation AUC. dim_overrides
+    ({field: D}) replace single fields' dimensions of every draw."""
     schema = DataSchema.load(data_dir)
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
@@ -47,12 +49,15 @@ def retrain(data_dir: str, dims_source: str, model_dir: str, cfg: ExperimentConf
         from pipeline.strategy import make_strategy
         strategy = make_strategy(logical_cpus)
     if trials == 1:
-        dims = load_dims(dims_source, schema, cfg.model.candidate_dims, trial=trial_index)
+        dims = apply_dim_overrides(
+            load_dims(dims_source, schema, cfg.model.candidate_dims, trial=trial_index),
+            dim_overrides, schema)
         return _retrain_one(data_dir, schema, dims, Path(model_dir), cfg, quiet=quiet,
                             preset=preset, strategy=strategy)
     results = []
     for k in range(trials):
-        dims = load_dims(dims_source, schema, cfg.model.candidate_dims, trial=k)
+        dims = apply_dim_overrides(load_dims(dims_source, schema, cfg.model.candidate_dims,
+                                             trial=k), dim_overrides, schema)
         sub = Path(model_dir) / "trials" / str(k)
         results.append(_retrain_one(data_dir, schema, dims, sub, cfg, quiet=quiet,
                                     preset=preset, strategy=strategy))
@@ -262,6 +267,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model_dir", required=True)
     parser.add_argument("--backbone", help="retrain with another backbone than the search's "
                         "(default: a dims.json's own backbone; fde:/random: the preset's)")
+    parser.add_argument("--dim", action="append", default=[], metavar="FIELD=D",
+                        help="override one field's dimension on top of --dims (repeatable)")
     parser.add_argument("--trials", type=int, default=1, help="RaS: best of K random draws")
     parser.add_argument("--config")
     parser.add_argument("--preset")
@@ -281,7 +288,7 @@ def main(argv=None) -> int:
         if backbone:
             cfg = merge(cfg, {"model": {"backbone": backbone}})
         retrain(args.data, args.dims, args.model_dir, cfg, trials=args.trials, quiet=args.quiet,
-                preset=preset, strategy=strategy)
+                preset=preset, strategy=strategy, dim_overrides=parse_dim_overrides(args.dim))
     except (ConfigError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 3

@@ -1,5 +1,6 @@
 """Retraining: AutoDim vs random dims on planted data, FDE, metrics, resume, refusals."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -111,6 +112,32 @@ def test_mismatched_dims_are_refused(small_data, tmp_path):
     with pytest.raises(ConfigError, match="--trials"):
         retrain(str(small_data), "fde:8", str(tmp_path / "t"), experiment.resolve("default"),
                 trials=3)
+
+
+def test_dim_overrides_change_only_the_named_fields_and_bad_ones_are_refused(small_data, tmp_path):
+    out = tmp_path / "abl"
+    res = run_module("pipeline.retrain", ["--data", str(small_data), "--dims", "fde:4",
+                                          "--dim", "f2=16", "--dim", "f5=2", "--model_dir",
+                                          str(out), "--preset", "default", "--quiet",
+                                          *[x for s in FAST for x in ("--set", s)]])
+    assert res.returncode == 0, res.stderr
+    m = read_json(out / "metrics.json")
+    assert m["dims"] == {"f0": 4, "f1": 4, "f2": 16, "f3": 4, "f4": 4, "f5": 2}
+    assert m["params"] == 4 * sum(VOCAB) + 12 * VOCAB[2] - 2 * VOCAB[5]
+    assert m["dims_source"] == "fde:4 with f2=16,f5=2"
+    assert read_json(out / "model_spec.json")["dims"] == [4, 4, 16, 4, 4, 2]
+    for args, message in ((["--dim", "f9=8"], "no field 'f9' in dataset .*fields: f0, f1"),
+                          (["--dim", "f1"], "'f1': expected FIELD=D"),
+                          (["--dim", "f1=x"], "'f1=x': D must be an integer"),
+                          (["--dim", "f1=-3"], "'f1=-3': D must be positive"),
+                          (["--dim", "f1=8", "--dim", "f1=16"], "'f1' is given twice")):
+        bad = tmp_path / "bad"
+        res = run_module("pipeline.retrain", ["--data", str(small_data), "--dims", "fde:4",
+                                              "--model_dir", str(bad), "--preset", "default",
+                                              *args])
+        assert res.returncode == 2, (args, res.stderr)
+        assert re.search(message, res.stderr), (args, res.stderr)
+        assert not bad.exists()
 
 
 def test_random_dims_are_seeded_draws_from_the_candidates(small_data):
