@@ -1,0 +1,103 @@
+"""The per-field ablation benchmark: grid parsing, the table's arithmetic, a run end to end on a
+small dataset (overrides applied, FDE beside them, finished runs reused) and its refusals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import ablation
+from benchmarks.quality import frontier_auc
+from tests.fixtures import random_split_data, read_json, write_dataset
+
+VOCAB = [40, 300, 12, 6]
+FAST = ["retrain.batch_size=200", "retrain.max_epochs=2", "retrain.checkpoint_every=10",
+        "retrain.steps_per_call=5"]
+
+
+def test_grid_is_parsed_into_every_combination_and_bad_entries_are_refused():
+    grid = ablation.parse_grid(["f1=16,8,8", "f0=2"])
+    assert grid == [("f1", [8, 16]), ("f0", [2])]
+    assert ablation.combinations(grid) == [{"f1": 8, "f0": 2}, {"f1": 16, "f0": 2}]
+    assert ablation.variant_label("fde:32", {"f1": 8, "f0": 2}) == "fde32__f18_f02"
+    assert ablation.base_label("runs/s{seed}/dims.json").startswith("dims_")
+    for bad, message in (("f1", "expected FIELD=D1,D2"), ("f1=a", "must be integers"),
+                         ("f1=", "one or more positive"), ("f1=0,8", "one or more positive")):
+        with pytest.raises(ValueError, match=message):
+            ablation.parse_grid([bad])
+    with pytest.raises(ValueError, match="given twice"):
+        ablation.parse_grid(["f1=8", "f1=16"])
+
+
+def m(auc, params):
+    return {"test_auc": auc, "params": params}
+
+
+def test_table_gives_the_mean_point_and_the_per_seed_distances():
+    fde = {8: [m(0.70, 100), m(0.72, 100)], 32: [m(0.80, 400), m(0.78, 400)]}
+    variants = {"fde:32 with a=8": [m(0.77, 200), m(0.74, 200)]}
+    lines = ablation.summarise(fde, variants, (8, 32))
+    row = [c.strip() for c in lines[-1].split("|")[1:-1]]
+    assert row[0] == "fde:32 with a=8"
+    assert row[1] == f"0.7550 ± {np.std([0.77, 0.74], ddof=1):.4f}"
+    assert row[2] == "200" and row[3] == "50.0%"
+    # mean frontier at 200 params: log-midpoint of (100, 0.71) and (400, 0.79) = 0.75
+    assert float(row[4]) == pytest.approx(0.755 - 0.75, abs=1e-4)
+    # per seed: seed 0 against 0.75 (+0.02), seed 1 against 0.75 (-0.01)
+    gap, se = row[5].split(" ± ")
+    assert float(gap) == pytest.approx(0.005, abs=1e-4)
+    assert float(se) == pytest.approx(np.std([0.02, -0.01], ddof=1) / np.sqrt(2), abs=1e-4)
+    assert [line.split("|")[1].strip() for line in lines[2:4]] == ["FDE-8", "FDE-32"]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ablation_data")
+    ids, labels = random_split_data(3000, VOCAB, seed=11)
+    write_dataset(d, ids, labels, VOCAB)
+    return d
+
+
+def test_ablation_runs_overrides_beside_fde_and_reuses_finished_runs(small_data, tmp_path, capsys):
+    work, out = tmp_path / "work", tmp_path / "table.md"
+    args = ["--data", str(small_data), "--grid", "f1=2,8", "--base", "fde:4", "--frontier", "4,8",
+            "--backbone", "fm", "--seeds", "0", "--workdir", str(work), "--output", str(out),
+            *[x for s in FAST for x in ("--set", s)]]
+    assert ablation.main(args) == 0
+    seed_dir = work / "fixture" / "fm" / "seed0"
+    runs = {d: read_json(seed_dir / "ablation" / f"fde4__f1{d}" / "metrics.json") for d in (2, 8)}
+    fde = {d: read_json(seed_dir / f"fde{d}" / "metrics.json") for d in (4, 8)}
+    for d, run in runs.items():
+        assert run["dims"] == {"f0": 4, "f1": d, "f2": 4, "f3": 4}
+        assert run["params"] == 4 * sum(VOCAB) + (d - 4) * VOCAB[1]
+    table = out.read_text()
+    assert "Command: `python -m benchmarks.ablation --data" in table
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines() if line.startswith("| F") or line.startswith("| fde")}
+    assert rows["FDE-4"][0].startswith(f"{fde[4]['test_auc']:.4f}")
+    row = rows["fde:4 with f1=8"]
+    assert row[0].startswith(f"{runs[8]['test_auc']:.4f}")
+    expected = runs[8]["test_auc"] - frontier_auc(
+        [(fde[d]["params"], fde[d]["test_auc"]) for d in (4, 8)], runs[8]["params"])
+    assert float(row[3]) == pytest.approx(expected, abs=1e-4)
+    # a rerun trains nothing: every run is finished, so the same table comes back
+    stamps = {p: p.stat().st_mtime_ns for p in seed_dir.rglob("metrics.json")}
+    capsys.readouterr()
+    assert ablation.main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in seed_dir.rglob("metrics.json")} == stamps
+    assert out.read_text().split("\n", 3)[3] == table.split("\n", 3)[3]
+
+
+def test_bad_fields_bases_and_missing_data_are_refused_or_skipped(small_data, tmp_path, capsys):
+    work = tmp_path / "work"
+    base = ["--data", str(small_data), "--workdir", str(work), "--seeds", "0"]
+    assert ablation.main([*base, "--grid", "nope=8"]) == 2
+    assert "no field 'nope'" in capsys.readouterr().err
+    assert ablation.main([*base, "--grid", "f1=8", "--base", str(tmp_path / "s{seed}.json")]) == 2
+    assert "s0.json" in capsys.readouterr().err
+    assert not work.exists()  # nothing trained
+    with pytest.raises(SystemExit):
+        ablation.main([*base])  # no --grid
+    with pytest.raises(SystemExit):
+        ablation.main([*base, "--grid", "f1=8", "--frontier", "8"])
+    assert ablation.main(["--data-root", str(tmp_path / "absent"), "--grid", "user=8"]) == 0
+    assert "skipped" in capsys.readouterr().out
