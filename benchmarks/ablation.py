@@ -1,12 +1,12 @@
 """Per-field ablation: dimensions with single fields changed, retrained against the FDE frontier.
 
     python -m benchmarks.ablation (--data-root ../shared/data --dataset frappe | --data DIR)
-        --grid user=8,16,32 --grid item=8,16,32 [--base fde:32 | --base 'runs/s{seed}/dims.json']
+        [--grid user=8,16,32 --grid item=8,16,32] [--base fde:32 | --base 'runs/s{seed}/dims.json']
         [--backbone deepfm] [--seeds 0,1,2] [--frontier 8,16,32] [--workdir runs/quality]
         [--output FILE] [--set key=value ...]
 
 Every combination of the --grid values is retrained as `pipeline.retrain --dims BASE --dim
-FIELD=D ...` once per seed (`{seed}` in BASE is replaced by the seed, so each seed can start from
+FIELD=D ...` (without --grid, BASE itself) once per seed (`{seed}` in BASE is replaced by the seed, so each seed can start from
 its own search's dims.json), beside FDE at the --frontier dimensions with the same seeds and
 settings. The FDE runs live where benchmarks.quality puts them (WORKDIR/DATASET/BACKBONE/seedS/
 fdeD), so its finished runs are reused; the ablation's own runs go to .../seedS/ablation/LABEL.
@@ -54,7 +54,8 @@ def parse_grid(items) -> list[tuple[str, list[int]]]:
 
 
 def combinations(grid) -> list[dict]:
-    """Every combination of the grid's values, as {field: dim} override dicts."""
+    """Every combination of the grid's values, as {field: dim} override dicts; no grid gives the
+    base itself ([{}])."""
     names = [n for n, _ in grid]
     return [dict(zip(names, values)) for values in itertools.product(*(v for _, v in grid))]
 
@@ -69,7 +70,8 @@ def base_label(base: str) -> str:
 
 
 def variant_label(base: str, overrides: dict) -> str:
-    text = base_label(base) + "__" + "_".join(f"{k}{v}" for k, v in overrides.items())
+    text = base_label(base) + "__" + ("_".join(f"{k}{v}" for k, v in overrides.items())
+                                      or "as_is")
     return re.sub(r"[^A-Za-z0-9_.=-]", "-", text)
 
 
@@ -113,7 +115,8 @@ def main(argv=None) -> int:
                         help="dims the overrides start from: fde:D or a dims.json path "
                              "({seed} is replaced by each seed)")
     parser.add_argument("--grid", action="append", default=[], metavar="FIELD=D1,D2,...",
-                        help="a field and the dimensions to try (repeatable: every combination)")
+                        help="a field and the dimensions to try (repeatable: every combination; "
+                             "none: BASE itself, e.g. each seed's own search beside the frontier)")
     parser.add_argument("--backbone", default="deepfm")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--frontier", default=",".join(map(str, FRONTIER)))
@@ -128,8 +131,6 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError as exc:
         parser.error(str(exc) if "--grid" in str(exc) else f"--frontier/--seeds: {exc}")
-    if not grid:
-        parser.error("give at least one --grid FIELD=D1,D2,...")
     if len(frontier) < 2 or min(frontier) < 1:
         parser.error(f"--frontier needs at least two positive dimensions, got {args.frontier!r}")
     if not seeds:
@@ -182,7 +183,8 @@ def main(argv=None) -> int:
             label = variant_label(args.base, combo)
             m = retrain(str(data), args.base.replace("{seed}", str(seed)),
                         str(seed_dir / "ablation" / label), cfg, quiet=True, dim_overrides=combo)
-            name = f"{args.base} with " + ", ".join(f"{k}={v}" for k, v in combo.items())
+            name = args.base + "".join(
+                (" with " if i == 0 else ", ") + f"{k}={v}" for i, (k, v) in enumerate(combo.items()))
             variants.setdefault(name, []).append(m)
             print(f"seed {seed} {name}: test AUC {m['test_auc']:.4f} params {m['params']:,}",
                   flush=True)

@@ -18,6 +18,8 @@ def test_grid_is_parsed_into_every_combination_and_bad_entries_are_refused():
     grid = ablation.parse_grid(["f1=16,8,8", "f0=2"])
     assert grid == [("f1", [8, 16]), ("f0", [2])]
     assert ablation.combinations(grid) == [{"f1": 8, "f0": 2}, {"f1": 16, "f0": 2}]
+    assert ablation.combinations([]) == [{}]
+    assert ablation.variant_label("fde:32", {}) == "fde32__as_is"
     assert ablation.variant_label("fde:32", {"f1": 8, "f0": 2}) == "fde32__f18_f02"
     assert ablation.base_label("runs/s{seed}/dims.json").startswith("dims_")
     for bad, message in (("f1", "expected FIELD=D1,D2"), ("f1=a", "must be integers"),
@@ -85,6 +87,15 @@ def test_ablation_runs_overrides_beside_fde_and_reuses_finished_runs(small_data,
     assert ablation.main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in seed_dir.rglob("metrics.json")} == stamps
     assert out.read_text().split("\n", 3)[3] == table.split("\n", 3)[3]
+    # without --grid the base itself is retrained: fde:4 again, in its own directory, gives
+    # FDE-4's result exactly (same seed and config: retraining is deterministic)
+    same = [a for a in args if a not in ("--grid", "f1=2,8")]
+    assert ablation.main(same) == 0
+    again = read_json(seed_dir / "ablation" / "fde4__as_is" / "metrics.json")
+    assert again["params"] == fde[4]["params"]
+    assert again["test_auc"] == pytest.approx(fde[4]["test_auc"], abs=1e-9)
+    row = [line for line in out.read_text().splitlines() if line.startswith("| fde:4 |")]
+    assert row and row[0].split("|")[5].strip() == "+0.0000"
 
 
 def test_bad_fields_bases_and_missing_data_are_refused_or_skipped(small_data, tmp_path, capsys):
@@ -95,8 +106,6 @@ def test_bad_fields_bases_and_missing_data_are_refused_or_skipped(small_data, tm
     assert ablation.main([*base, "--grid", "f1=8", "--base", str(tmp_path / "s{seed}.json")]) == 2
     assert "s0.json" in capsys.readouterr().err
     assert not work.exists()  # nothing trained
-    with pytest.raises(SystemExit):
-        ablation.main([*base])  # no --grid
     with pytest.raises(SystemExit):
         ablation.main([*base, "--grid", "f1=8", "--frontier", "8"])
     assert ablation.main(["--data-root", str(tmp_path / "absent"), "--grid", "user=8"]) == 0
