@@ -14,14 +14,14 @@ Every run resumes or is skipped when finished.
 
 The table: test AUC (mean ± std over seeds), Params, the distance to the FDE frontier at the mean
 point (benchmarks.quality's measure) and the mean ± standard error of the per-seed distances
-(each seed against its own FDE curve, which pairs away the seed's shared luck). With
---data-root, skips cleanly when the dataset's files are absent.
+(each seed against its own FDE curve, which pairs away the seed's shared luck). With --output,
+the table (and the command) go to that file and every run's metrics to the same name with
+`.json`. With --data-root, skips cleanly when the dataset's files are absent.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import re
 import shlex
 import sys
@@ -70,7 +70,9 @@ def base_label(base: str) -> str:
 
 
 def variant_label(base: str, overrides: dict) -> str:
-    text = base_label(base) + "__" + ("_".join(f"{k}{v}" for k, v in overrides.items())
+    """The run directory of BASE with `overrides`: fde32__item=16__user=8 (fields sorted, so the
+    grid's order does not matter; `=` keeps C1=16 apart from C11=6)."""
+    text = base_label(base) + "__" + ("__".join(f"{k}={v}" for k, v in sorted(overrides.items()))
                                       or "as_is")
     return re.sub(r"[^A-Za-z0-9_.=-]", "-", text)
 
@@ -117,7 +119,9 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", action="append", default=[], metavar="FIELD=D1,D2,...",
                         help="a field and the dimensions to try (repeatable: every combination; "
                              "none: BASE itself, e.g. each seed's own search beside the frontier)")
-    parser.add_argument("--backbone", default="deepfm")
+    parser.add_argument("--backbone", default=None,
+                        help="default: a dims.json base's own search backbone (as pipeline.retrain)"
+                             ", else the dataset preset's")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--frontier", default=",".join(map(str, FRONTIER)))
     parser.add_argument("--workdir", default="runs/quality")
@@ -140,7 +144,8 @@ def main(argv=None) -> int:
     from configs.features import DataSchema
     from configs.loader import ConfigError
     from pipeline.dims import apply_dim_overrides, load_dims
-    from pipeline.retrain import retrain
+    from pipeline.errors import NonFiniteLossError
+    from pipeline.retrain import _search_backbone
 
     work = Path(args.workdir)
     if args.data:
@@ -156,28 +161,69 @@ def main(argv=None) -> int:
         data = preprocess(root, work, args.dataset)
     try:
         schema = DataSchema.load(str(data))
+        dataset = schema.dataset
+        preset = preset_for_dataset(dataset)
+        candidates = resolve(preset, None, args.set).model.candidate_dims
         combos = combinations(grid)
         # refuse a bad base or field for every seed before anything trains
+        backbones = set()
         for seed in seeds:
-            base = load_dims(args.base.replace("{seed}", str(seed)), schema, (2, 8, 16, 24, 32))
+            source = args.base.replace("{seed}", str(seed))
+            try:
+                base = load_dims(source, schema, candidates)
+            except ConfigError as exc:
+                raise ConfigError(str(exc).replace("--dims", "--base")) from None
             for combo in combos:
                 apply_dim_overrides(base, combo, schema)
+            backbones.add(_search_backbone(source, None, []))
+        backbone = args.backbone
+        if backbone is None:
+            searched = backbones - {None}
+            if len(searched) > 1:
+                raise ConfigError(f"--base: the seeds' dims.json were searched with different "
+                                  f"backbones {sorted(searched)}; pass --backbone")
+            backbone = searched.pop() if searched else resolve(preset, None, args.set).model.backbone
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    dataset = schema.dataset
+    try:
+        fde, variants = _run_all(data, work, dataset, backbone, seeds, frontier, combos, args)
+    except (ConfigError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 3
+    table = summarise(fde, variants, frontier)
+    command = "python -m benchmarks.ablation " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if args.output:
+        from pipeline.runtime import atomic_write_json
+
+        text = [f"## Per-field ablation: {dataset}, {backbone}, seeds "
+                f"{','.join(map(str, seeds))}", "", f"Command: `{command}`", "", *table, ""]
+        Path(args.output).write_text("\n".join(text), encoding="utf-8")
+        atomic_write_json(Path(args.output).with_suffix(".json"),
+                          {"command": command, "fde": fde, "variants": variants})
+    print("\n".join(table))
+    return 0
+
+
+def _run_all(data, work: Path, dataset: str, backbone: str, seeds, frontier, combos, args):
+    """FDE at the frontier dims and every variant, per seed -> (fde[d], variants[name]) lists of
+    metrics in seed order."""
+    from configs.experiment import preset_for_dataset, resolve
+    from pipeline.retrain import retrain
+
     fde = {d: [] for d in frontier}
     variants = {}
     for seed in seeds:
-        seed_dir = work / dataset / args.backbone / f"seed{seed}"
+        seed_dir = work / dataset / backbone / f"seed{seed}"
         for d in frontier:
-            m = one_run(data, seed_dir / f"fde{d}", dataset, args.backbone, seed, f"fde{d}",
+            m = one_run(data, seed_dir / f"fde{d}", dataset, backbone, seed, f"fde{d}",
                         args.set)
             fde[d].append(m)
             print(f"seed {seed} FDE-{d}: test AUC {m['test_auc']:.4f} params {m['params']:,}",
                   flush=True)
         cfg = resolve(preset_for_dataset(dataset), None,
-                      [f"model.backbone={args.backbone}", f"search.seed={seed}",
+                      [f"model.backbone={backbone}", f"search.seed={seed}",
                        f"retrain.seed={seed}", *args.set])
         for combo in combos:
             label = variant_label(args.base, combo)
@@ -188,17 +234,7 @@ def main(argv=None) -> int:
             variants.setdefault(name, []).append(m)
             print(f"seed {seed} {name}: test AUC {m['test_auc']:.4f} params {m['params']:,}",
                   flush=True)
-    table = summarise(fde, variants, frontier)
-    command = "python -m benchmarks.ablation " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    if args.output:
-        text = [f"## Per-field ablation: {dataset}, {args.backbone}, seeds "
-                f"{','.join(map(str, seeds))}", "", f"Command: `{command}`", "", *table, ""]
-        Path(args.output).write_text("\n".join(text), encoding="utf-8")
-    (work / dataset / args.backbone / f"ablation_{base_label(args.base)}.json").write_text(
-        json.dumps({"fde": fde, "variants": variants}, indent=1, default=str))
-    print("\n".join(table))
-    return 0
+    return fde, variants
 
 
 if __name__ == "__main__":

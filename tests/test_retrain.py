@@ -138,6 +138,13 @@ def test_dim_overrides_change_only_the_named_fields_and_bad_ones_are_refused(sma
         assert res.returncode == 2, (args, res.stderr)
         assert re.search(message, res.stderr), (args, res.stderr)
         assert not bad.exists()
+    # the finished directory with other overrides is refused, not mixed
+    res = run_module("pipeline.retrain", ["--data", str(small_data), "--dims", "fde:4",
+                                          "--dim", "f2=8", "--model_dir", str(out), "--preset",
+                                          "default", "--quiet",
+                                          *[x for s in FAST for x in ("--set", s)]])
+    assert res.returncode == 2 and "dims_hash" in res.stderr, res.stderr
+    assert read_json(out / "metrics.json")["dims"]["f2"] == 16
 
 
 def test_random_dims_are_seeded_draws_from_the_candidates(small_data):
