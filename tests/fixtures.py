@@ -51,6 +51,15 @@ def write_dataset(data_dir: Path, ids: dict[str, np.ndarray], labels: dict[str, 
     return schema
 
 
+def random_dataset_dir(tmp_path_factory, name: str, rows: int, vocab_sizes: list[int],
+                       seed: int) -> Path:
+    """A preprocessed dataset of `random_split_data` rows in a fresh temp directory."""
+    d = tmp_path_factory.mktemp(name)
+    ids, labels = random_split_data(rows, vocab_sizes, seed=seed)
+    write_dataset(d, ids, labels, vocab_sizes)
+    return d
+
+
 def random_split_data(rows: int, vocab_sizes: list[int], seed: int = 0, signal_fields=(0, 1)):
     """Random ids; labels depend on the first `signal_fields` through a random table."""
     rng = np.random.default_rng(seed)

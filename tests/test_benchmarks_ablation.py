@@ -7,7 +7,7 @@ import pytest
 
 from benchmarks import ablation
 from benchmarks.quality import frontier_auc
-from tests.fixtures import random_split_data, read_json, write_dataset
+from tests.fixtures import random_dataset_dir, read_json
 
 VOCAB = [40, 300, 12, 6]
 FAST = ["retrain.batch_size=200", "retrain.max_epochs=2", "retrain.checkpoint_every=10",
@@ -57,10 +57,7 @@ def test_table_gives_the_mean_point_and_the_per_seed_distances():
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ablation_data")
-    ids, labels = random_split_data(3000, VOCAB, seed=11)
-    write_dataset(d, ids, labels, VOCAB)
-    return d
+    return random_dataset_dir(tmp_path_factory, "ablation_data", 3000, VOCAB, seed=11)
 
 
 def test_ablation_runs_overrides_beside_fde_and_reuses_finished_runs(small_data, tmp_path, capsys):

@@ -12,7 +12,7 @@ import pytest
 from configs import experiment
 from configs.loader import ConfigError, config_hash, to_dict
 from pipeline import derive
-from tests.fixtures import REPO, random_split_data, read_json, write_dataset
+from tests.fixtures import REPO, random_dataset_dir, read_json
 
 VOCAB = [50, 30, 200, 20, 10, 100]
 CANDS = (2, 8, 16, 24, 32)
@@ -199,10 +199,7 @@ SEARCH = ["search.batch_size=200", "search.pretrain_steps=20", "search.search_st
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("derive_data")
-    ids, labels = random_split_data(4000, VOCAB, seed=3)
-    write_dataset(d, ids, labels, VOCAB)
-    return d
+    return random_dataset_dir(tmp_path_factory, "derive_data", 4000, VOCAB, seed=3)
 
 
 def _event_tags(directory: Path) -> set:

@@ -7,8 +7,7 @@ import pytest
 
 from configs import experiment
 from configs.loader import ConfigError
-from tests.fixtures import (random_split_data, read_json, run_module,
-                            sigkill_after_checkpoint, write_dataset)
+from tests.fixtures import random_dataset_dir, read_json, run_module, sigkill_after_checkpoint
 
 VOCAB = [50, 30, 200, 20, 10, 100]
 FAST = ["retrain.batch_size=200", "retrain.max_epochs=3", "retrain.checkpoint_every=10",
@@ -17,10 +16,7 @@ FAST = ["retrain.batch_size=200", "retrain.max_epochs=3", "retrain.checkpoint_ev
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("small")
-    ids, labels = random_split_data(4000, VOCAB, seed=5)
-    write_dataset(d, ids, labels, VOCAB)
-    return d
+    return random_dataset_dir(tmp_path_factory, "small", 4000, VOCAB, seed=5)
 
 
 def _auc(labels, scores):

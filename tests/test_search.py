@@ -5,7 +5,7 @@ import pytest
 from configs import experiment
 from configs.loader import ConfigError
 from pipeline.errors import NonFiniteLossError
-from tests.fixtures import (random_split_data, read_json, run_module,
+from tests.fixtures import (random_dataset_dir, read_json, run_module,
                             sigkill_after_checkpoint, spearman, write_dataset)
 
 VOCAB = [50, 30, 200, 20, 10, 100]
@@ -17,10 +17,7 @@ def _cli(args):
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("small")
-    ids, labels = random_split_data(4000, VOCAB, seed=3)
-    write_dataset(d, ids, labels, VOCAB)
-    return d
+    return random_dataset_dir(tmp_path_factory, "small", 4000, VOCAB, seed=3)
 
 
 SMALL = ["--preset", "default", "--quiet", "--set", "search.batch_size=200",
