@@ -1,7 +1,8 @@
 """`python -m pipeline.retrain`: train the discrete architecture (the paper's Algorithm 2).
 
     python -m pipeline.retrain --data DIR --dims SOURCE --model_dir DIR [--backbone NAME]
-        [--dim FIELD=D ...] [--trials K] [--config FILE] [--preset NAME] [--set key=value ...] [--logical_cpus K]
+        [--dim FIELD=D ...] [--trials K] [--config FILE] [--preset NAME] [--set key=value ...]
+        [--logical_cpus K]
 
 SOURCE is a search's dims.json, `fde:D` (every field at D) or `random:SEED` (RaS; `--trials K`
 keeps the best of K draws on validation). `--dim FIELD=D` (repeatable) overrides single fields
