@@ -163,14 +163,14 @@ def main(argv=None) -> int:
         schema = DataSchema.load(str(data))
         dataset = schema.dataset
         preset = preset_for_dataset(dataset)
-        candidates = resolve(preset, None, args.set).model.candidate_dims
+        preset_model = resolve(preset, None, args.set).model
         combos = combinations(grid)
         # refuse a bad base or field for every seed before anything trains
         backbones = set()
         for seed in seeds:
             source = args.base.replace("{seed}", str(seed))
             try:
-                base = load_dims(source, schema, candidates)
+                base = load_dims(source, schema, preset_model.candidate_dims)
             except ConfigError as exc:
                 raise ConfigError(str(exc).replace("--dims", "--base")) from None
             for combo in combos:
@@ -182,12 +182,13 @@ def main(argv=None) -> int:
             if len(searched) > 1:
                 raise ConfigError(f"--base: the seeds' dims.json were searched with different "
                                   f"backbones {sorted(searched)}; pass --backbone")
-            backbone = searched.pop() if searched else resolve(preset, None, args.set).model.backbone
+            backbone = searched.pop() if searched else preset_model.backbone
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        fde, variants = _run_all(data, work, dataset, backbone, seeds, frontier, combos, args)
+        fde, variants = _run_all(data, work, dataset, preset, backbone, seeds, frontier, combos,
+                                 args)
     except (ConfigError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 3
@@ -206,10 +207,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run_all(data, work: Path, dataset: str, backbone: str, seeds, frontier, combos, args):
+def _run_all(data, work: Path, dataset: str, preset: str, backbone: str, seeds, frontier, combos,
+             args):
     """FDE at the frontier dims and every variant, per seed -> (fde[d], variants[name]) lists of
     metrics in seed order."""
-    from configs.experiment import preset_for_dataset, resolve
+    from configs.experiment import resolve
     from pipeline.retrain import retrain
 
     fde = {d: [] for d in frontier}
@@ -222,7 +224,7 @@ def _run_all(data, work: Path, dataset: str, backbone: str, seeds, frontier, com
             fde[d].append(m)
             print(f"seed {seed} FDE-{d}: test AUC {m['test_auc']:.4f} params {m['params']:,}",
                   flush=True)
-        cfg = resolve(preset_for_dataset(dataset), None,
+        cfg = resolve(preset, None,
                       [f"model.backbone={backbone}", f"search.seed={seed}",
                        f"retrain.seed={seed}", *args.set])
         for combo in combos:
