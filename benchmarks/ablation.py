@@ -1,6 +1,6 @@
 """Per-field ablation: dimensions with single fields changed, retrained against the FDE frontier.
 
-    python -m benchmarks.ablation (--data-root ../shared/data --dataset frappe | --data DIR)
+    python -m benchmarks.ablation (--data_root ../shared/data --dataset frappe | --data DIR)
         [--grid user=8,16,32 --grid item=8,16,32] [--base fde:32 | --base 'runs/s{seed}/dims.json']
         [--backbone deepfm] [--seeds 0,1,2] [--frontier 8,16,32] [--workdir runs/quality]
         [--output FILE] [--set key=value ...]
@@ -16,7 +16,7 @@ The table: test AUC (mean ± std over seeds), Params, the distance to the FDE fr
 point (benchmarks.quality's measure) and the mean ± standard error of the per-seed distances
 (each seed against its own FDE curve, which pairs away the seed's shared luck). With --output,
 the table (and the command) go to that file and every run's metrics to the same name with
-`.json`. With --data-root, skips cleanly when the dataset's files are absent.
+`.json`. With --data_root, skips cleanly when the dataset's files are absent.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.quality import FRONTIER, INPUTS, frontier_auc, one_run, preprocess
+from configs.cli import StrictArgumentParser
 
 
 def parse_grid(items) -> list[tuple[str, list[int]]]:
@@ -107,12 +108,12 @@ def summarise(fde: dict, variants: dict, frontier_dims=FRONTIER) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
+    parser = StrictArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default="../shared/data")
-    parser.add_argument("--dataset", default="frappe", help=f"with --data-root: one of {list(INPUTS)}")
-    parser.add_argument("--data", help="an already preprocessed dataset directory (instead of "
-                                       "--data-root/--dataset)")
+    parser.add_argument("--data_root", default="../shared/data")
+    parser.add_argument("--dataset", default="frappe", help=f"with --data_root: one of {list(INPUTS)}")
+    parser.add_argument("--data_dir", help="an already preprocessed dataset directory (instead of "
+                                       "--data_root/--dataset)")
     parser.add_argument("--base", default="fde:32",
                         help="dims the overrides start from: fde:D or a dims.json path "
                              "({seed} is replaced by each seed)")
@@ -128,6 +129,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", help="write the markdown table (with the command) here")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every run (FDE included)")
+    parser.add_alias("--data-root", "--data_root")
+    parser.add_alias("--data", "--data_dir")
     args = parser.parse_args(argv)
     try:
         grid = parse_grid(args.grid)
@@ -148,8 +151,8 @@ def main(argv=None) -> int:
     from pipeline.retrain import _search_backbone
 
     work = Path(args.workdir)
-    if args.data:
-        data = Path(args.data)
+    if args.data_dir:
+        data = Path(args.data_dir)
     else:
         root = Path(args.data_root)
         if args.dataset not in INPUTS:

@@ -8,13 +8,13 @@ Prints the median step time of each variant and its ratio to the plain 32-dim em
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 import tensorflow as tf
 import keras
 
+from configs.cli import StrictArgumentParser
 from models.backbones.deepfm import DeepFM
 from models.ctr_model import CTRModel
 from models.fixed_embedding import FixedEmbedding
@@ -49,7 +49,7 @@ def make_step(model, variables, optimizer):
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = StrictArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--fields", type=int, default=39)
     parser.add_argument("--rows", type=int, default=1_000_000)

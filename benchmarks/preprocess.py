@@ -19,7 +19,6 @@ rows / at 1x rows>`.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -27,6 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from configs.cli import StrictArgumentParser
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BEAM = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
@@ -110,7 +111,7 @@ def bench(pattern: str, rows: int, workdir: str, beam_args: list[str]) -> dict:
         raise RuntimeError(f"bare read counted {counted} rows, expected {rows}")
     out = os.path.join(workdir, f"out-{rows}")
     job = measure([sys.executable, "-m", "preprocessing.run", "--dataset", "criteo",
-                   "--input", pattern, "--output", out, "--overwrite", *beam_args])
+                   "--input", pattern, "--data_dir", out, "--overwrite", *beam_args])
     stats = json.load(open(os.path.join(out, "stats.json")))
     if stats["rows_written_total"] + stats["rows_deadlettered"] != rows:
         raise RuntimeError(f"job accounted for {stats['rows_read']} rows, expected {rows}")
@@ -125,17 +126,18 @@ def median(values: list[float]) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = StrictArgumentParser(beam=True, description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--shards", type=int, default=4, help="input files per dataset")
     parser.add_argument("--repeat", type=int, default=3,
                         help="bare/job pairs at 4x rows, run alternately (this machine's speed "
                              "drifts between runs; the median pair ratio is reported)")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temp dir)")
-    parser.add_argument("--data-root", default=None,
+    parser.add_argument("--data_root", default=None,
                         help="unused by the synthetic benchmark; accepted for symmetry with the "
                              "other benchmarks")
-    args, beam_args = parser.parse_known_args(argv)
+    parser.add_alias("--data-root", "--data_root")
+    args, beam_args = parser.parse_args(argv)
     if args.repeat < 1 or args.rows < 1:
         parser.error(f"--rows and --repeat must be >= 1, got {args.rows} and {args.repeat}")
     beam_args = beam_args or DEFAULT_BEAM

@@ -1,6 +1,6 @@
 """Quality benchmark: AutoDim against the FDE frontier, RaS and AutoDim-s on real datasets.
 
-    python -m benchmarks.quality --data-root ../shared/data [--datasets movielens-100k,frappe]
+    python -m benchmarks.quality --data_root ../shared/data [--datasets movielens-100k,frappe]
         [--backbones fm,wide_deep,deepfm] [--seeds 0,1,2] [--workdir runs/quality]
         [--output BENCHMARKS.md] [--samples criteo,avazu] [--frontier 8,16,32]
 
@@ -9,11 +9,11 @@ FDE at 8, 16 and 32 (the frontier), RaS (random dims over the candidates), AutoD
 (search, then retrain), AutoDim with `search.derive=validated` (`autodim_validated`: the same
 seed's AutoDim search re-derived, then retrained, so the two rows differ only by the
 derivation) and AutoDim with the parameter cost chosen on validation (`autodim_tuned`: a search
-and retraining per `--tune-costs` value, the one at the preset's cost copied from the same
+and retraining per `--tune_costs` value, the one at the preset's cost copied from the same
 seed's `autodim` run; pipeline/tuning.py keeps the best validation AUC). Criteo and Avazu samples get one seed (they only show the pipeline runs on real
 logs; too small for quality claims). Every run is resumable: rerunning the command skips
 finished runs. Writes a markdown table (mean and std over seeds) to --output, with the command.
-Skips cleanly when --data-root does not exist.
+Skips cleanly when --data_root does not exist.
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from configs.cli import StrictArgumentParser
 
 FRONTIER = (8, 16, 32)
 SEARCHED = ("ras", "autodim_s", "autodim", "autodim_validated", "autodim_tuned")
@@ -45,7 +47,7 @@ def preprocess(data_root: Path, work: Path, dataset: str) -> Path:
     out = work / "data" / dataset
     if not (out / SCHEMA_FILE).exists():
         beam_job.run(["--dataset", dataset, "--input", str(data_root / INPUTS[dataset]),
-                      "--output", str(out)])
+                      "--data_dir", str(out)])
     return out
 
 
@@ -171,9 +173,9 @@ def summarise(results: dict, frontier_dims=FRONTIER) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
+    parser = StrictArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--data_root", default="../shared/data")
     parser.add_argument("--datasets", default="movielens-100k,frappe")
     parser.add_argument("--samples", default="criteo,avazu",
                         help="datasets run with one seed (pipeline check only); '' for none")
@@ -188,16 +190,20 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="BENCHMARKS.md")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every run")
-    parser.add_argument("--tune-costs", default=",".join(map(str, TUNE_COSTS)),
+    parser.add_argument("--tune_costs", default=",".join(map(str, TUNE_COSTS)),
                         help="autodim_tuned: the search.param_cost values it chooses among on "
                              "validation AUC")
-    parser.add_argument("--tune-embeddings", default="",
+    parser.add_argument("--tune_embeddings", default="",
                         help="autodim_tuned: also search each cost with these named search "
                              "embeddings (e.g. raw,ad2; pipeline.run --search_embeddings); '' "
                              "for the preset's only")
-    parser.add_argument("--tune-tolerance", default="0",
+    parser.add_argument("--tune_tolerance", default="0",
                         help="autodim_tuned: pipeline.run --cost_tolerance (an AUC margin, or "
                              "<K>se: the smallest candidate within K paired standard errors)")
+    parser.add_alias("--data-root", "--data_root")
+    parser.add_alias("--tune-costs", "--tune_costs")
+    parser.add_alias("--tune-embeddings", "--tune_embeddings")
+    parser.add_alias("--tune-tolerance", "--tune_tolerance")
     args = parser.parse_args(argv)
     from configs.loader import ConfigError
     from pipeline.tuning import parse_costs, parse_tolerance
@@ -205,11 +211,11 @@ def main(argv=None) -> int:
     try:
         tune_costs = parse_costs(args.tune_costs)
     except ConfigError as exc:
-        parser.error(str(exc).replace("--param_costs", "--tune-costs"))
+        parser.error(str(exc).replace("--param_costs", "--tune_costs"))
     try:
         tune_tolerance = parse_tolerance(args.tune_tolerance)
     except ConfigError as exc:
-        parser.error(str(exc).replace("--cost_tolerance", "--tune-tolerance"))
+        parser.error(str(exc).replace("--cost_tolerance", "--tune_tolerance"))
     tune_embeddings = None
     if args.tune_embeddings:
         from pipeline.tuning import parse_embeddings
@@ -217,7 +223,7 @@ def main(argv=None) -> int:
         try:
             tune_embeddings = parse_embeddings(args.tune_embeddings)
         except ConfigError as exc:
-            parser.error(str(exc).replace("--search_embeddings", "--tune-embeddings"))
+            parser.error(str(exc).replace("--search_embeddings", "--tune_embeddings"))
     root = Path(args.data_root)
     if not root.is_dir():
         print(f"skipped: data root {root} does not exist (the licensed datasets are not part of "

@@ -1,7 +1,7 @@
 """Step time of the AutoDim search (AD-1..AD-4) against plain FDE training, with the input rate.
 
     python -m benchmarks.search_step [--rows 200000] [--fields 39] [--data DIR]
-        [--data-root ../shared/data] [--steps 30] [--batch 2000] [--warmup 2]
+        [--data_root ../shared/data] [--steps 30] [--batch 2000] [--warmup 2]
 
 The paper's variants (Sec. 3.5) are the four combinations lookup x unify: AD-1 weight-sharing +
 zero-padding, AD-2 weight-sharing + linear (the paper's main variant), AD-3 separate + zero-padding,
@@ -27,7 +27,7 @@ the same FDE and AD-2 models with the statistics replaced by constants.
 Data: by default a synthetic dataset in a temp dir (`--rows` train rows, rows/8 valid and test;
 vocabulary sizes on the synthetic generator's geometric ladder from 2 to 100,000 over `--fields`
 fields, Zipf(1.1) ids, written in the preprocessing output layout). `--data DIR` uses a
-preprocessed directory instead. With `--data-root R` and `R/movielens-100k` present, MovieLens-
+preprocessed directory instead. With `--data_root R` and `R/movielens-100k` present, MovieLens-
 100k is preprocessed (`python -m preprocessing.run`) into a temp dir and FDE DeepFM examples/s on
 it is reported too (pytorch-fm's DeepFM: ~115k examples/s at batch 2000 on 2 cores); skipped
 with a message when absent.
@@ -40,7 +40,6 @@ the presets' search ms/step over FDE ms/step; all on the main data).
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
@@ -51,6 +50,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from configs.cli import StrictArgumentParser
 
 REPO = Path(__file__).resolve().parents[1]
 F = 10  # weight steps per call (the search's arch_update_every)
@@ -130,7 +131,7 @@ def write_synthetic(data_dir: Path, rows: int, vocab_sizes: list[int], seed: int
 
 def preprocess_movielens(raw_dir: Path, out_dir: Path) -> None:
     cmd = [sys.executable, "-m", "preprocessing.run", "--dataset", "movielens-100k",
-           "--input", str(raw_dir), "--output", str(out_dir)]
+           "--input", str(raw_dir), "--data_dir", str(out_dir)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -250,21 +251,25 @@ def input_rate(strategy, data_dir, schema, batch, steps) -> float:
 
 # ---------------------------------------------------------------------------------- main
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.search_step",
+    parser = StrictArgumentParser(prog="python -m benchmarks.search_step",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="synthetic training rows")
     parser.add_argument("--fields", type=int, default=39, help="synthetic fields")
-    parser.add_argument("--data", help="a preprocessed data dir to use instead of synthetic data")
-    parser.add_argument("--data-root", help="directory holding movielens-100k/ (raw) for the "
+    parser.add_argument("--data_dir", help="a preprocessed data dir to use instead of synthetic data")
+    parser.add_argument("--data_root", help="directory holding movielens-100k/ (raw) for the "
                         "MovieLens FDE figure; skipped when absent")
     parser.add_argument("--steps", type=int, default=30,
                         help=f"timed weight steps per model (rounded up to calls of {F})")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per model")
     parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--input-batches", type=int, default=100,
+    parser.add_argument("--input_batches", type=int, default=100,
                         help="batches timed for the input-pipeline rate")
-    parser.add_argument("--no-stats-cost", action="store_true",
+    parser.add_argument("--no_stats_cost", action="store_true",
                         help="skip the runs without training statistics")
+    parser.add_alias("--data-root", "--data_root")
+    parser.add_alias("--input-batches", "--input_batches")
+    parser.add_alias("--no-stats-cost", "--no_stats_cost")
+    parser.add_alias("--data", "--data_dir")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 1 or args.batch < 1 or args.rows < args.batch:
         parser.error("need --steps >= 1, --warmup >= 1, --batch >= 1 and --rows >= --batch")
@@ -278,8 +283,8 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="search_step_"))
     try:
         strategy = make_strategy(0)
-        if args.data:
-            data_dir = Path(args.data)
+        if args.data_dir:
+            data_dir = Path(args.data_dir)
             schema = DataSchema.load(data_dir)
             what = f"{data_dir} ({schema.dataset})"
         else:

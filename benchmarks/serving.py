@@ -23,7 +23,6 @@ Size = bytes of the version directory (du). The last line is
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from configs.cli import StrictArgumentParser
 
 # Most fields small, a few wide (the shape of the paper's Table 4 selections).
 AUTODIM_PATTERN = [2, 4, 2, 8, 2, 2, 4, 8, 2, 32, 2, 4, 2, 2, 8, 2, 24, 4, 2, 2]
@@ -94,7 +95,7 @@ def time_calls(fns: dict, inputs, calls: int, warmup: int) -> dict[str, tuple[fl
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.serving",
+    parser = StrictArgumentParser(prog="python -m benchmarks.serving",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20000, help="synthetic raw rows")
     parser.add_argument("--calls_b1", type=int, default=300)
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
         generate(raw, args.rows, seed=0)
         data = root / "data"
         t0 = time.perf_counter()
-        run_mod.run(["--dataset", "criteo", "--input", str(raw), "--output", str(data),
+        run_mod.run(["--dataset", "criteo", "--input", str(raw), "--data_dir", str(data),
                      "--runner=DirectRunner", "--direct_running_mode=in_memory"])
         schema = DataSchema.load(data)
         names = list(schema.field_names)

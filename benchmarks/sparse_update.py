@@ -14,7 +14,7 @@ matter which optimizer updates it. `--ids uniform` (default) draws ids uniformly
 vocabulary: the most rows touched per step, the worst case for a lazy optimizer (10k rows: all ~10k
 touched; 1M and 4M rows: ~75k of the 78k lookups are distinct). `--ids zipf` draws from a Zipf(1.1)
 law over the vocabulary with the ranks randomly permuted, closer to real CTR id frequencies.
-`--active-rows N` draws the ids from N random rows of each vocabulary only, so every size touches
+`--active_rows N` draws the ids from N random rows of each vocabulary only, so every size touches
 about the same number of rows per step and the table isolates the cost of the vocabulary size.
 Batches are pre-generated (a few per configuration, cycled). After warm-up, the configurations are
 timed round-robin, one step each per round, so noise from other processes hits all of them alike; the
@@ -34,6 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from configs.cli import StrictArgumentParser
 from models.lazy_adam import LazyAdam
 
 BATCH, FIELDS, DIM = 2000, 39, 32
@@ -123,7 +124,7 @@ class _Config:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(
+    parser = StrictArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=_parse_rows, default=[10_000, 1_000_000, 4_000_000])
@@ -133,15 +134,16 @@ def main(argv=None) -> dict:
                         help="table read: tf.gather on the variable (sparse) or keras.layers.Embedding")
     parser.add_argument("--ids", choices=("uniform", "zipf"), default="uniform",
                         help=f"id distribution: uniform over the vocabulary or Zipf({ZIPF_EXPONENT})")
-    parser.add_argument("--active-rows", type=int, default=None,
+    parser.add_argument("--active_rows", type=int, default=None,
                         help="draw ids from only this many random rows of each vocabulary")
+    parser.add_alias("--active-rows", "--active_rows")
     args = parser.parse_args(argv)
     # Dense Adam densifies the table gradient on purpose here; its size warning is expected.
     warnings.filterwarnings("ignore", message="Converting sparse IndexedSlices to a dense Tensor")
     if args.steps < 1 or args.warmup < 1:
         parser.error(f"--steps and --warmup must be >= 1; received {args.steps}, {args.warmup}")
     if args.active_rows is not None and args.active_rows < 1:
-        parser.error(f"--active-rows must be >= 1; received {args.active_rows}")
+        parser.error(f"--active_rows must be >= 1; received {args.active_rows}")
 
     pairs = [(rows, kind) for rows in args.rows for kind in ("dense", "lazy")]
     configs = [

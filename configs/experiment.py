@@ -212,13 +212,13 @@ def resolve(preset: str | None, config_file: str | None = None,
 POST_SEARCH_KEYS = ("derive", "derive_max_rows", "derive_z", "derive_sweeps", "derive_direction")
 
 
-def run_hash(cfg: ExperimentConfig) -> str:
+def run_hash(cfg: ExperimentConfig | dict) -> str:
     """config_hash of everything that determines the trained weights: the config without
     POST_SEARCH_KEYS (guards resuming a search or retraining run; for a run whose other settings
-    are unchanged it equals the hash of the config before these keys existed)."""
-    data = to_dict(cfg)
-    for key in POST_SEARCH_KEYS:
-        data["search"].pop(key, None)
+    are unchanged it equals the hash of the config before these keys existed). Accepts a config
+    or its dict (a run's stored config.json)."""
+    data = to_dict(cfg) if isinstance(cfg, ExperimentConfig) else dict(cfg)
+    data["search"] = {k: v for k, v in data["search"].items() if k not in POST_SEARCH_KEYS}
     return config_hash(data)
 
 

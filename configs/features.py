@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +37,16 @@ VOCAB_DIR = "vocab"
 SPLITS = ("train", "valid", "test")
 
 FieldKind = Literal["categorical", "numeric"]
+
+# The one number grammar of a numeric field (after stripping), used verbatim here and, as an RE2
+# pattern, in the SavedModel's graph (pipeline.serving.tf_numeric_token): Python's float() syntax
+# restricted to ASCII decimal digits: optional sign, digits with single underscores between
+# digits, optional fraction, optional exponent. No `inf`/`nan`/`infinity`, no hex, no non-ASCII
+# digits (Arabic-Indic, full-width, ... which float() would accept), no inner whitespace.
+NUMBER_DIGITS = r"[0-9]+(?:_[0-9]+)*"
+NUMBER_RE = (rf"[+-]?(?:{NUMBER_DIGITS}(?:\.(?:{NUMBER_DIGITS})?)?|\.{NUMBER_DIGITS})"
+             rf"(?:[eE][+-]?{NUMBER_DIGITS})?")
+_NUMBER = re.compile(NUMBER_RE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,15 +184,19 @@ def numeric_token(raw: str | None) -> str:
     - v <= 2 (zero, negatives, small values): str(floor(v)) (e.g. 2 -> "2", 0 -> "0",
       -1 -> "-1", 1.5 -> "1", -0.5 -> "-1"). The "L" prefix keeps the two ranges apart (the
       original recipe let ln-bucket 1 collide with the value 1).
-    Raises ValueError for text that is not a finite number; callers decide whether that is a
-    malformed record (preprocessing: dead letter) or a missing value (serving).
+    Raises ValueError for text that is not a finite ASCII number (`NUMBER_RE`: so also for
+    `inf`, `nan`, `0x10`, non-ASCII digits such as U+0663 or U+FF13, and values that overflow
+    to infinity such as `1e999`); callers decide whether that is a malformed record
+    (preprocessing: dead letter) or a missing value (serving).
     """
     if raw is None:
         return MISSING_TOKEN
     text = raw.strip()
     if text == "":
         return MISSING_TOKEN
-    value = float(text)  # ValueError for non-numbers
+    if _NUMBER.fullmatch(text) is None:
+        raise ValueError(f"not an ASCII number: {text!r}")
+    value = float(text)
     if not math.isfinite(value):
         raise ValueError(f"not a finite number: {text!r}")
     if value > 2:

@@ -8,15 +8,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
+from configs.cli import UsageError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration value or key is wrong; the message names it."""
 
 
@@ -24,10 +27,31 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+def _require_finite(number: float, given: Any, where: str) -> float:
+    """`number` (the float `given` was read as) if finite; NaN and +-Inf (YAML `.nan`, `.inf`,
+    JSON `NaN`, `Infinity`, text such as "inf" or "1e999") are errors naming the key and value."""
+    if not math.isfinite(number):
+        raise ConfigError(f"{where}: {given!r} is not a finite number (NaN and Inf are refused)")
+    return number
+
+
+def _require_finite_within(value: Any, where: str) -> None:
+    """The same for every float inside an untyped (Any) value, e.g. `dataset:` overrides."""
+    if isinstance(value, float):
+        _require_finite(value, value, where)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _require_finite_within(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _require_finite_within(v, f"{where}[{i}]")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
+        _require_finite_within(value, where)
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -81,18 +105,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         try:
             as_float = float(value)
-            if as_float != int(as_float):
-                raise ValueError
-            return int(as_float)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        except OverflowError:  # an int beyond float's range
+            raise ConfigError(f"{where}: {value!r} is out of range") from None
+        _require_finite(as_float, value, where)
+        if as_float != int(as_float):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(as_float)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            as_float = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        except OverflowError:
+            raise ConfigError(f"{where}: {value!r} is out of range") from None
+        return _require_finite(as_float, value, where)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, got {value!r}")

@@ -29,15 +29,17 @@ on: its schema_hash must equal the spec's (override the path with --data_dir whe
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
+import re
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
 
+from configs.cli import StrictArgumentParser, UsageError, run_main
 from configs.features import SCHEMA_FILE, DataSchema, DatasetSpec, MISSING_TOKEN
 from configs.loader import ConfigError, from_dict
 
@@ -48,7 +50,7 @@ EXPORT_INFO = "export.json"
 DEFAULT_WARMUP_ROWS = 8
 
 
-class ExportError(ValueError):
+class ExportError(UsageError):
     """The model_dir, data_dir or export_dir cannot be exported as asked; names the file."""
 
 
@@ -219,6 +221,35 @@ def build_module(model, schema: DataSchema, data_dir: Path, extra_assets=()):
     return make_serving_module(model, fields, extra_assets, max_bucket)
 
 
+_LEFTOVER = re.compile(r"\.tmp-(?P<host>[^/]+)-(?P<pid>[0-9]+)-[0-9]+")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_dead_leftovers(base: Path, log=print) -> list[Path]:
+    """Removes the temporary directories of exports that were killed: named exactly as this
+    module names them, written on this host by a process that is no longer running. Any other
+    entry (another host's, a live exporter's, anything else) is left alone."""
+    removed = []
+    host = socket.gethostname()
+    for entry in sorted(base.iterdir()):
+        m = _LEFTOVER.fullmatch(entry.name)
+        if (m and m["host"] == host and entry.is_dir() and not entry.is_symlink()
+                and int(m["pid"]) != os.getpid() and not _running(int(m["pid"]))):
+            shutil.rmtree(entry)
+            removed.append(entry)
+            log(f"removed {entry}: the temporary directory of an export that was killed")
+    return removed
+
+
 def export(model_dir: str | Path, export_dir: str | Path, name: str | None = None, *,
            data_dir: str | Path | None = None, warmup_rows: int = DEFAULT_WARMUP_ROWS,
            fold: bool = True, log=print) -> Path:
@@ -241,7 +272,8 @@ def export(model_dir: str | Path, export_dir: str | Path, name: str | None = Non
 
     base = Path(export_dir) / name
     base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".tmp-{os.getpid()}-{time.time_ns()}"
+    remove_dead_leftovers(base, log)
+    tmp = base / f".tmp-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
     try:
         signatures = {
             "serving_default": module.serving_default,
@@ -281,8 +313,7 @@ def export(model_dir: str | Path, export_dir: str | Path, name: str | None = Non
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StrictArgumentParser(prog="python -m pipeline.export", description=__doc__)
     parser.add_argument("--model_dir", required=True, help="a pipeline.retrain model_dir")
     parser.add_argument("--export_dir", required=True, help="base dir of the served models")
     parser.add_argument("--name", default=None, help="model name (default: the dataset name)")
@@ -294,13 +325,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.warmup_rows < 1:
         parser.error(f"--warmup_rows must be >= 1, got {args.warmup_rows}")
-    try:
-        export(args.model_dir, args.export_dir, args.name, data_dir=args.data_dir,
-               warmup_rows=args.warmup_rows, fold=not args.no_fold)
-    except (ExportError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: export(args.model_dir, args.export_dir, args.name,
+                                   data_dir=args.data_dir, warmup_rows=args.warmup_rows,
+                                   fold=not args.no_fold) and None)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from configs.cli import UsageError
 from configs.features import DataSchema
 
 RECORD_PATTERN = "part-*.tfrecord.gz"
@@ -51,7 +52,7 @@ SHUFFLE_WINDOW = 8192  # records permuted together after the chunk shuffle
 INT32_LIMIT = 2**31
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """The preprocessing output cannot be read as the schema describes; the message names the
     directory, file or field."""
 

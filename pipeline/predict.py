@@ -8,13 +8,16 @@
 - Input: files matching GLOB (comma-separated globs allowed; `.gz` files are decompressed) in the
   dataset's own raw format, read line by line in chunks of `--batch_size` (bounded memory). The
   format comes from the export's `assets/schema.json` unless `--dataset` names another preset.
-- The label is optional, per line:
+- The label is optional, per file: the file's first data line (blank and header lines do not
+  count) fixes its layout, labelled or unlabelled:
     criteo  40 tab-separated columns = label first; 39 = no label
     avazu   24 comma-separated columns (with `click`); 23 = no `click` column (the Kaggle test
             file layout); header lines of both layouts are skipped
     frappe  `label idx:v ...` (11 tokens); 10 tokens = no label
     csv     len(columns) values; len(columns) - 1 = the label column left out
-  MovieLens (three joined tables) is not a line format and is refused.
+  Every later line of that file with another column count is rejected (reason: expected vs found
+  count), never re-read in the other layout. A first line with neither count is rejected and the
+  next data line decides. MovieLens (three joined tables) is not a line format and is refused.
 - Output: CSV `row_id,source,line,probability,label` in input order (files in sorted order);
   `row_id` counts the scored rows from 0, `source` is the file path, `line` its 1-based line
   number, `label` is empty for a row without one. Raw values go through the same token rules as
@@ -23,27 +26,47 @@
 - Malformed lines (wrong column count, bad label, undecodable bytes, bad Avazu hour) are not
   scored: they are written to `FILE.rejects.jsonl` (`source`, `line`, `reason`, `raw`) and
   counted in the summary. Blank lines are skipped and counted.
+- Safety: FILE and FILE.rejects.jsonl are written to temporary files beside them
+  (`.NAME.tmp-XXXXXXXX`, mode 0666 minus the umask) and renamed into place only when every input
+  was read to its end; on any failure they are removed and nothing appears at the final paths.
+  The output, its rejects file and their temporaries are never read as input: naming one in
+  `--input` (or a path that resolves to one) is a usage error; a glob's match of one is left out
+  with a logged note. An existing FILE is replaced only if it is a pipeline.predict output (first
+  line `row_id,source,line,probability,label`), an existing rejects file only if it is empty or a
+  pipeline.predict rejects file; anything else there is refused, never overwritten.
+- Exit codes: 0 success; 1 failure at run time (a damaged or unreadable input, e.g. a truncated
+  `.gz`, an unwritable output location); 2 usage error (bad arguments, no model, an output that
+  would replace an input or a file predict did not write).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import glob
 import gzip
+import io
 import json
 import os
+import secrets
 import sys
+import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
+from configs.cli import JobError, StrictArgumentParser, UsageError, run_main
 from configs.features import SCHEMA_FILE, DataSchema, DatasetSpec, dataset_spec
-from configs.loader import ConfigError, from_dict
+from configs.loader import from_dict
 
 REJECTS_SUFFIX = ".rejects.jsonl"
+OUTPUT_HEADER = ("row_id", "source", "line", "probability", "label")
+TEMP_INFIX = ".tmp-"  # the temporaries: .NAME.tmp-XXXXXXXX beside NAME
 
 
-class PredictError(ValueError):
+class PredictError(UsageError):
     """Bad arguments or an unusable model directory; the message names the path."""
+
+
+class PredictFailure(JobError):
+    """A failure at run time (exit 1): a damaged or unreadable input, an unwritable output."""
 
 
 def resolve_version(model: str | Path, version: int | None = None) -> Path:
@@ -85,7 +108,9 @@ def load_dataset_spec(version_dir: Path, dataset: str | None) -> tuple[DatasetSp
 class RowReader:
     """One raw line -> ({field: raw value}, label or None); None for a header line.
 
-    Raises MalformedRecord (reason) for a line that cannot be read."""
+    Labelled or not is decided per file (call `start_file()` before each file) by its first data
+    line's column count; a later line with another count is a MalformedRecord naming expected and
+    found counts. Raises MalformedRecord (reason) for any line that cannot be read."""
 
     def __init__(self, spec: DatasetSpec, field_names: list[str]):
         from preprocessing.formats import AVAZU_COLUMNS, line_parser
@@ -98,71 +123,222 @@ class RowReader:
         self.format = spec.format
         self.spec = spec
         self._index = [(self.parser.columns.index(n), n) for n in field_names]
-        self._avazu_test_header = ",".join(c for c in AVAZU_COLUMNS if c != "click")
+        self._avazu_headers = (",".join(AVAZU_COLUMNS),
+                               ",".join(c for c in AVAZU_COLUMNS if c != "click"))
+        # (column count of a labelled line, what the count counts)
+        self.labelled_count, self.unit = {
+            "criteo": (40, "tab-separated columns"),
+            "avazu": (len(AVAZU_COLUMNS), "comma-separated columns"),
+            "frappe": (len(self.parser.columns) + 1, "whitespace-separated tokens"),
+            "csv": (len(spec.columns), f"{spec.delimiter!r}-separated columns"),
+        }[spec.format]
+        self.start_file()
 
-    def _labelled(self, text: str, line_no: int) -> tuple[str, bool] | None:
-        """The line in its labelled layout (a dummy label inserted if it has none)."""
+    def start_file(self) -> None:
+        """Forgets the layout: the next data line decides it for the new file."""
+        self.has_label: bool | None = None
+        self.layout_line = 0
+
+    def _split(self, text: str) -> list[str]:
+        if self.format == "criteo":
+            return text.split("\t")
+        if self.format == "avazu":
+            return text.split(",")
+        if self.format == "frappe":
+            return text.split()
+        from preprocessing.formats import MalformedRecord
+        try:
+            return next(csv.reader([text], delimiter=self.spec.delimiter, strict=True))
+        except (csv.Error, StopIteration) as exc:
+            raise MalformedRecord(f"unreadable delimited line: {exc}") from None
+
+    def _with_dummy_label(self, values: list[str]) -> str:
+        """An unlabelled line in the labelled layout (a placeholder label inserted)."""
         fmt = self.format
         if fmt == "criteo":
-            n = text.count("\t") + 1
-            return (text, True) if n != 39 else ("0\t" + text, False)
+            return "\t".join(["0"] + values)
         if fmt == "avazu":
-            if text.strip() == self._avazu_test_header:
-                return None
-            parts = text.split(",")
-            if len(parts) == 23:
-                return ",".join(parts[:1] + ["0"] + parts[1:]), False
-            return text, True
+            return ",".join(values[:1] + ["0"] + values[1:])
         if fmt == "frappe":
-            return (text, True) if len(text.split()) != 10 else ("0 " + text, False)
-        # csv
-        if self.spec.header and line_no == 1:
-            return None
-        try:
-            values = next(csv.reader([text], delimiter=self.spec.delimiter, strict=True))
-        except (csv.Error, StopIteration):
-            return text, True  # the parser reports it
-        if len(values) == len(self.spec.columns) - 1:
-            label_at = self.spec.columns.index(self.spec.label_column)
-            values.insert(label_at, self.spec.negative_labels[0] if self.spec.negative_labels
-                          else self.spec.positive_labels[0])
-            buf = __import__("io").StringIO()
-            csv.writer(buf, delimiter=self.spec.delimiter, lineterminator="").writerow(values)
-            return buf.getvalue(), False
-        return text, True
+            return " ".join(["0"] + values)
+        label_at = self.spec.columns.index(self.spec.label_column)
+        values = list(values)
+        values.insert(label_at, self.spec.negative_labels[0] if self.spec.negative_labels
+                      else self.spec.positive_labels[0])
+        buf = io.StringIO()
+        csv.writer(buf, delimiter=self.spec.delimiter, lineterminator="").writerow(values)
+        return buf.getvalue()
 
     def __call__(self, text: str, line_no: int):
-        got = self._labelled(text, line_no)
-        if got is None:
+        from preprocessing.formats import MalformedRecord
+
+        if self.format == "avazu" and text.strip() in self._avazu_headers:
             return None
-        text, has_label = got
+        if self.format == "csv" and self.spec.header and line_no == 1:
+            return None
+        values = self._split(text)
+        n, full = len(values), self.labelled_count
+        if self.has_label is None:
+            if n not in (full, full - 1):
+                raise MalformedRecord(f"expected {full} {self.unit} (labelled) or {full - 1} "
+                                      f"(unlabelled), got {n}")
+            self.has_label, self.layout_line = n == full, line_no
+        want = full if self.has_label else full - 1
+        if n != want:
+            layout = "labelled" if self.has_label else "unlabelled"
+            raise MalformedRecord(f"expected {want} {self.unit} ({layout} file, as its line "
+                                  f"{self.layout_line}), got {n}")
+        if not self.has_label:
+            text = self._with_dummy_label(values)
         parsed = self.parser.split(text, line_no)
         if parsed is None:
             return None
         values, label = parsed
-        return {name: values[i] for i, name in self._index}, (label if has_label else None)
+        return {name: values[i] for i, name in self._index}, (label if self.has_label else None)
 
 
-def input_files(pattern: str) -> list[str]:
-    files = []
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    """The same path after resolving symlinks, or (both existing) the same inode."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _own_file(path: str, protected: Sequence[Path]) -> str | None:
+    """What `path` is if it is one of this run's files (output, rejects file, a temporary of
+    either, e.g. left by a killed run), else None."""
+    for own in protected:
+        if _same_file(path, own):
+            return f"the output file {own}" if not str(own).endswith(REJECTS_SUFFIX) \
+                else f"the rejects file {own}"
+        if (os.path.basename(path).startswith(f".{own.name}{TEMP_INFIX}")
+                and _same_file(os.path.dirname(path) or ".", own.parent)):
+            return f"a temporary file of the output {own}"
+    return None
+
+
+def input_files(pattern: str, protected: Sequence[Path] = (),
+                notes: list[str] | None = None) -> list[str]:
+    """The files of the comma-separated globs, each glob's matches sorted, duplicates once.
+
+    `protected` (the output and its rejects file) are never inputs: naming one (or a path that
+    resolves to one, or a temporary of one) explicitly is a PredictError; a glob's match of one
+    is left out, with a note appended to `notes`."""
+    files, left_out = [], []
     for part in pattern.split(","):
         part = part.strip()
-        if part:
-            matched = sorted(p for p in glob.glob(part) if os.path.isfile(p))
-            if not matched:
-                raise PredictError(f"--input {part}: no files match")
-            files += [m for m in matched if m not in files]
+        if not part:
+            continue
+        matched = sorted(p for p in glob.glob(part) if os.path.isfile(p))
+        if not matched:
+            raise PredictError(f"--input {part}: no files match")
+        kept = []
+        for m in matched:
+            own = _own_file(m, protected)
+            if own is None:
+                kept.append(m)
+            elif not glob.has_magic(part):
+                raise PredictError(f"--input {part} is {own} (--output): it would be "
+                                   f"overwritten while it is read; write the output elsewhere")
+            else:
+                left_out.append(f"predict: --input {part}: leaving out {m}, {own}")
+        files += [m for m in kept if m not in files]
+    if not files and left_out:
+        raise PredictError(f"--input {pattern} matches only this run's own output files")
     if not files:
         raise PredictError("--input is empty")
+    if notes is not None:
+        notes += left_out
     return files
 
 
+def _is_predict_output(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        first = fh.readline(4096)
+    return first.rstrip(b"\r\n") == ",".join(OUTPUT_HEADER).encode()
+
+
+def _is_predict_rejects(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        first = fh.readline(1 << 20)
+    if not first:
+        return True
+    try:
+        record = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and set(record) == {"source", "line", "reason", "raw"}
+
+
+def check_output(output: Path, rejects: Path) -> None:
+    """Refuses (PredictError) an output or rejects path that holds something predict did not
+    write: only a previous predict output (rejects file) is ever replaced."""
+    parent = output.parent
+    while not os.path.exists(parent) and parent != parent.parent:
+        parent = parent.parent
+    if os.path.exists(parent) and not parent.is_dir():
+        raise PredictError(f"--output {output}: {parent} is not a directory")
+    for path, what, ours in ((output, "--output", _is_predict_output),
+                             (rejects, "the rejects file of --output", _is_predict_rejects)):
+        if not os.path.lexists(path):
+            continue
+        if path.is_dir():
+            raise PredictError(f"{what} {path} is a directory")
+        if not path.is_file():
+            raise PredictError(f"{what} {path} exists and is not a regular file; refusing to "
+                               f"replace it")
+        try:
+            replaceable = ours(path)
+        except OSError as exc:
+            raise PredictError(f"{what} {path} exists and cannot be read to check it is a "
+                               f"pipeline.predict output: {exc.strerror or exc}") from None
+        if not replaceable:
+            kind = (f"its first line is not {','.join(OUTPUT_HEADER)}" if ours is _is_predict_output
+                    else "it does not hold pipeline.predict rejects records")
+            raise PredictError(f"{what} {path} exists and was not written by pipeline.predict "
+                               f"({kind}); refusing to overwrite it")
+
+
+def _create_temp(final: Path, created: list[Path]):
+    """A new text file `.NAME.tmp-XXXXXXXX` beside `final` (mode 0666 minus the umask, as open()
+    gives), appended to `created` at once so a failure can remove it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = final.with_name(f".{final.name}{TEMP_INFIX}{secrets.token_hex(4)}")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        created.append(tmp)
+        return tmp, open(fd, "w", newline="", encoding="utf-8")
+    raise FileExistsError(f"no free temporary name beside {final}")
+
+
 def _lines(path: str) -> Iterator[tuple[int, bytes, int]]:
-    """(line_no, raw bytes without terminator, bytes consumed) of a file, streamed."""
+    """(line_no, raw bytes without terminator, bytes consumed) of a file, streamed.
+
+    A damaged `.gz` (truncated, corrupt) or an unreadable file raises PredictFailure naming the
+    file and how far it was read."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        for line_no, raw in enumerate(fh, 1):
-            yield line_no, raw.rstrip(b"\r\n"), len(raw)
+    line_no = read = 0
+    try:
+        with opener(path, "rb") as fh:
+            for raw in fh:
+                line_no += 1
+                read += len(raw)
+                yield line_no, raw.rstrip(b"\r\n"), len(raw)
+    except EOFError:
+        raise PredictFailure(f"{path} is damaged: compressed stream ends after line {line_no} "
+                             f"({read:,} uncompressed bytes read)") from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        raise PredictFailure(f"{path} is damaged: corrupt compressed data after line {line_no} "
+                             f"({read:,} uncompressed bytes read): {exc}") from None
+    except OSError as exc:
+        raise PredictFailure(f"cannot read {path} (after line {line_no}): "
+                             f"{exc.strerror or exc}") from None
 
 
 def predict(model: str | Path, pattern: str, output: str | Path, *, version: int | None = None,
@@ -180,65 +356,100 @@ def predict(model: str | Path, pattern: str, output: str | Path, *, version: int
     version_dir = resolve_version(model, version)
     spec, field_names = load_dataset_spec(version_dir, dataset)
     reader = RowReader(spec, field_names)
-    files = input_files(pattern)
+    output = Path(output)
+    rejects_path = Path(str(output) + REJECTS_SUFFIX)
+    # Usage checks, before anything is written: no input is this run's output, rejects file or
+    # a temporary of them, and only a previous predict output is ever replaced.
+    notes: list[str] = []
+    files = input_files(pattern, (output, rejects_path), notes)
+    check_output(output, rejects_path)
     loaded = tf.saved_model.load(str(version_dir))
     score = loaded.signatures["serving_default"]
     total_bytes = sum(os.path.getsize(f) for f in files)
-    progress = Progress(max(total_bytes, 1), quiet=quiet)
+    progress = Progress(max(total_bytes, 1), quiet=quiet, unit="B", unit_scale=True)
     log = log or progress.log
+    for note in notes:
+        log(note)
     counts = {"scored": 0, "rejected": 0, "blank": 0, "header": 0, "labelled": 0}
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    rejects_path = Path(str(output) + REJECTS_SUFFIX)
     consumed = 0
-    progress.update(0, "predict")
+    temps: list[Path] = []  # removed on any failure; renamed into place at the end
+    progress.update(0, "predict", rows=0)
 
-    with open(output, "w", newline="", encoding="utf-8") as out, \
-            open(rejects_path, "w", encoding="utf-8") as rejects:
-        writer = csv.writer(out)
-        writer.writerow(["row_id", "source", "line", "probability", "label"])
-        batch: list[tuple[str, int, dict, float | None]] = []
+    def cannot_write(exc: OSError) -> PredictFailure:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return PredictFailure(f"cannot write --output {output}: {exc.strerror or exc}{where}")
 
-        def flush():
-            if not batch:
-                return
-            inputs = {n: tf.constant([row[2][n] for row in batch], tf.string) for n in field_names}
-            probs = score(**inputs)["probability"].numpy()
-            for (source, line_no, _, label), p in zip(batch, probs.astype(np.float64)):
-                writer.writerow([counts["scored"], source, line_no, f"{p:.8g}",
-                                 "" if label is None else f"{label:g}"])
-                counts["scored"] += 1
-                counts["labelled"] += label is not None
-            batch.clear()
+    try:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            tmp_out, out = _create_temp(output, temps)
+            tmp_rejects, rejects = _create_temp(rejects_path, temps)
+        except OSError as exc:
+            raise cannot_write(exc) from None
+        with out, rejects:
+            writer = csv.writer(out)
+            writer.writerow(OUTPUT_HEADER)
+            batch: list[tuple[str, int, dict, float | None]] = []
 
-        for path in files:
-            for line_no, raw, size in _lines(path):
-                consumed += size
-                if not raw.strip():
-                    counts["blank"] += 1
-                    continue
-                try:
+            def flush():
+                if not batch:
+                    return
+                inputs = {n: tf.constant([row[2][n] for row in batch], tf.string)
+                          for n in field_names}
+                probs = score(**inputs)["probability"].numpy()
+                for (source, line_no, _, label), p in zip(batch, probs.astype(np.float64)):
+                    writer.writerow([counts["scored"], source, line_no, f"{p:.8g}",
+                                     "" if label is None else f"{label:g}"])
+                    counts["scored"] += 1
+                    counts["labelled"] += label is not None
+                batch.clear()
+
+            for path in files:
+                reader.start_file()
+                for line_no, raw, size in _lines(path):
+                    consumed += size
+                    if not raw.strip():
+                        counts["blank"] += 1
+                        continue
                     try:
-                        text = raw.decode(reader.parser.encoding)
-                    except UnicodeDecodeError as exc:
-                        raise MalformedRecord(f"undecodable bytes ({reader.parser.encoding}): "
-                                              f"{exc.reason} at byte {exc.start}") from None
-                    got = reader(text, line_no)
-                except MalformedRecord as exc:
-                    counts["rejected"] += 1
-                    rejects.write(json.dumps({"source": path, "line": line_no, "reason": str(exc),
-                                              "raw": raw.decode("utf-8", errors="replace")}) + "\n")
-                    continue
-                if got is None:
-                    counts["header"] += 1
-                    continue
-                batch.append((path, line_no, got[0], got[1]))
-                if len(batch) >= batch_size:
-                    flush()
-                    progress.update(consumed, "predict")
-            flush()
-            progress.update(consumed, "predict")
-    progress.close()
+                        try:
+                            text = raw.decode(reader.parser.encoding)
+                        except UnicodeDecodeError as exc:
+                            raise MalformedRecord(f"undecodable bytes ({reader.parser.encoding}): "
+                                                  f"{exc.reason} at byte {exc.start}") from None
+                        got = reader(text, line_no)
+                    except MalformedRecord as exc:
+                        counts["rejected"] += 1
+                        rejects.write(json.dumps({"source": path, "line": line_no,
+                                                  "reason": str(exc),
+                                                  "raw": raw.decode("utf-8", errors="replace")})
+                                      + "\n")
+                        continue
+                    if got is None:
+                        counts["header"] += 1
+                        continue
+                    batch.append((path, line_no, got[0], got[1]))
+                    if len(batch) >= batch_size:
+                        flush()
+                        progress.update(consumed, "predict", rows=counts["scored"])
+                flush()
+                progress.update(consumed, "predict", rows=counts["scored"])
+            for fh in (out, rejects):
+                fh.flush()
+                os.fsync(fh.fileno())
+        # Every input read to its end: the rejects file first, the scores last.
+        os.replace(tmp_rejects, rejects_path)
+        os.replace(tmp_out, output)
+        temps.clear()
+    except OSError as exc:  # reading errors are PredictFailure already (_lines)
+        raise cannot_write(exc) from None
+    finally:
+        progress.close()
+        for tmp in temps:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
     counts.update({"files": len(files), "version_dir": str(version_dir), "output": str(output),
                    "rejects": str(rejects_path)})
     log(f"predict: {counts['scored']:,} rows scored ({counts['labelled']:,} with a label), "
@@ -248,23 +459,22 @@ def predict(model: str | Path, pattern: str, output: str | Path, *, version: int
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from configs.features import DATASETS
+
+    parser = StrictArgumentParser(prog="python -m pipeline.predict", description=__doc__)
     parser.add_argument("--model", required=True, help="EXPORTS/NAME (or a version directory)")
     parser.add_argument("--input", required=True, help="file glob(s), comma-separated")
-    parser.add_argument("--output", required=True, help="CSV to write")
-    parser.add_argument("--version", type=int, default=None)
-    parser.add_argument("--dataset", default=None, help="override the export's dataset format")
-    parser.add_argument("--batch_size", type=int, default=4096)
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--output", required=True,
+                        help="CSV to write (replaces only a previous predict output)")
+    parser.add_argument("--version", type=int, default=None, help="model version (default newest)")
+    parser.add_argument("--dataset", default=None, choices=sorted(DATASETS) + ["csv"],
+                        help="override the export's dataset format")
+    parser.add_argument("--batch_size", type=int, default=4096, help="rows per model call")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
     args = parser.parse_args(argv)
-    try:
-        predict(args.model, args.input, args.output, version=args.version, dataset=args.dataset,
-                batch_size=args.batch_size, quiet=args.quiet)
-    except (PredictError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: predict(args.model, args.input, args.output, version=args.version,
+                                    dataset=args.dataset, batch_size=args.batch_size,
+                                    quiet=args.quiet) and None)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`python -m pipeline.retrain`: train the discrete architecture (the paper's Algorithm 2).
 
-    python -m pipeline.retrain --data DIR --dims SOURCE --model_dir DIR [--backbone NAME]
+    python -m pipeline.retrain --data_dir DIR --dims SOURCE --model_dir DIR [--backbone NAME]
         [--dim FIELD=D ...] [--trials K] [--config FILE] [--preset NAME] [--set key=value ...]
         [--logical_cpus K]
 
@@ -12,7 +12,6 @@ weights; the test split is then scored and `metrics.json`, `test_predictions.npz
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -22,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.cli import StrictArgumentParser, run_main
 from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, retrain_hash
 from configs.features import DataSchema
 from configs.loader import ConfigError, load_yaml, merge, parse_set_overrides, to_dict
 from pipeline.dims import apply_dim_overrides, dims_path, load_dims, parse_dim_overrides
-from pipeline.errors import NonFiniteLossError
+from pipeline.flags import add_experiment_flags, make_cli_strategy
 
 METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
@@ -82,7 +82,6 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
                  preset, strategy) -> dict:
     import keras
     import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hp
 
     from models.factory import build_retrain_model, effective_mlp_input
     from models.params import parameter_report
@@ -139,13 +138,17 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     progress.log(f"retrain: {schema.dataset} backbone={m.backbone} dims from {dims['source']} "
                  f"({report['embedding']:,} embedding params), max {max_steps} steps"
                  + (f"; resumed at step {step}" if resumed else ""))
-    writers = {k: tf.summary.create_file_writer(str(model_dir / k)) for k in ("train", "valid")}
+    writers = {k: tf.summary.create_file_writer(str(model_dir / k))
+               for k in ("train", "valid", summaries.HPARAMS_RUN)}
     if not resumed:
-        with writers["valid"].as_default():
-            hp.hparams({"backbone": m.backbone, "dims_kind": dims["kind"],
-                        "dims_source": dims["source"], "unify": r.unify, "mlp_input": mlp_input,
-                        "embedding_params": int(report["embedding"]),
-                        "learning_rate": r.learning_rate, "batch_size": r.batch_size})
+        # the session's own run holds only the metrics of the chosen (best) model, written at the
+        # end: the valid run's last `auc` is the last evaluation, not the restored best
+        summaries.write_hparams(writers[summaries.HPARAMS_RUN], {
+            "kind": "retrain", "dataset": schema.dataset, "preset": preset or "",
+            "backbone": m.backbone, "dims_kind": dims["kind"], "dims_source": dims["source"],
+            "unify": r.unify, "mlp_input": mlp_input,
+            "embedding_params": int(report["embedding"]),
+            "learning_rate": r.learning_rate, "batch_size": r.batch_size})
     train_it = iter(runtime.distributed_stream(strategy, data_dir, schema, "train", r.batch_size,
                                                seed=r.seed, skip_batches=step,
                                                shuffle_buffer=r.shuffle_buffer))
@@ -188,7 +191,8 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     best_ckpt.read(best_prefix).assert_existing_objects_matched()
     labels, probs = predict_split(model, data_dir, schema, "test", r.batch_size)
     np.savez_compressed(model_dir / PREDICTIONS_FILE, labels=labels, probabilities=probs)
-    save_valid_predictions(model, data_dir, schema, model_dir, r.batch_size)
+    with np.load(save_valid_predictions(model, data_dir, schema, model_dir, r.batch_size)) as valid:
+        best_valid_logloss = numpy_logloss(valid["labels"], valid["probabilities"])
     model.save(model_dir / MODEL_FILE)
     runtime.atomic_write_json(model_dir / SPEC_FILE, spec)
     metrics = {
@@ -197,6 +201,7 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
         "dims": dict(zip(schema.field_names, dims_list)),
         "test_auc": numpy_auc(labels, probs), "test_logloss": numpy_logloss(labels, probs),
         "test_rows": int(labels.size), "best_valid_auc": float(best_auc.numpy()),
+        "best_valid_logloss": best_valid_logloss,
         "params": int(report["embedding"]), "parameter_report": report,
         "steps": step, "stopped_early": stopped_early, "train_seconds": train_seconds,
         "examples_per_second": trained_steps * r.batch_size / max(train_seconds, 1e-9),
@@ -204,6 +209,12 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     with writers["valid"].as_default(step=step):
         tf.summary.scalar("test/auc", metrics["test_auc"])
         tf.summary.scalar("test/logloss", metrics["test_logloss"])
+    # the HParams session's metrics: those of the model that was kept (best validation AUC)
+    summaries.write_scalars(writers[summaries.HPARAMS_RUN], step, {
+        "hparams/best_valid_auc": metrics["best_valid_auc"],
+        "hparams/best_valid_logloss": metrics["best_valid_logloss"],
+        "hparams/test_auc": metrics["test_auc"], "hparams/test_logloss": metrics["test_logloss"],
+        "hparams/embedding_params": metrics["params"]})
     for w in writers.values():
         w.flush()
     runtime.atomic_write_json(metrics_path, metrics)
@@ -261,39 +272,29 @@ def _search_backbone(source: str, config_file: str | None, set_overrides: list[s
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.retrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True)
+    parser = StrictArgumentParser(prog="python -m pipeline.retrain", description=__doc__)
+    add_experiment_flags(parser)
     parser.add_argument("--dims", required=True, help="dims.json, fde:D or random:SEED")
-    parser.add_argument("--model_dir", required=True)
     parser.add_argument("--backbone", help="retrain with another backbone than the search's "
                         "(default: a dims.json's own backbone; fde:/random: the preset's)")
     parser.add_argument("--dim", action="append", default=[], metavar="FIELD=D",
                         help="override one field's dimension on top of --dims (repeatable)")
     parser.add_argument("--trials", type=int, default=1, help="RaS: best of K random draws")
-    parser.add_argument("--config")
-    parser.add_argument("--preset")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--logical_cpus", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        strategy = None
-        if args.logical_cpus:
-            from pipeline.strategy import make_strategy
-            strategy = make_strategy(args.logical_cpus)
-        schema = DataSchema.load(args.data)
+
+    def body():
+        strategy = make_cli_strategy(args.logical_cpus)  # must precede any TensorFlow op
+        schema = DataSchema.load(args.data_dir)
         preset = args.preset or preset_for_dataset(schema.dataset)
         cfg = resolve(preset, args.config, args.set)
         backbone = args.backbone or _search_backbone(args.dims, args.config, args.set)
         if backbone:
             cfg = merge(cfg, {"model": {"backbone": backbone}})
-        retrain(args.data, args.dims, args.model_dir, cfg, trials=args.trials, quiet=args.quiet,
-                preset=preset, strategy=strategy, dim_overrides=parse_dim_overrides(args.dim))
-    except (ConfigError, NonFiniteLossError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 3
-    return 0
+        retrain(args.data_dir, args.dims, args.model_dir, cfg, trials=args.trials,
+                quiet=args.quiet, preset=preset, strategy=strategy,
+                dim_overrides=parse_dim_overrides(args.dim))
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

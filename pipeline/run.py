@@ -23,15 +23,14 @@ WORKDIR/raw/.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from configs.cli import StrictArgumentParser, run_main
 from configs.experiment import preset_for_dataset, resolve
 from configs.features import SCHEMA_FILE, DataSchema
 from configs.loader import ConfigError
-from pipeline.errors import NonFiniteLossError
 
 DEMO_ROWS = 100_000
 
@@ -81,9 +80,9 @@ def run(args) -> dict:
         from preprocessing import run as preprocess
 
         print(f"[2/5] preprocessing {input_glob} ({dataset}) -> {data}")
-        argv = ["--dataset", dataset, "--input", input_glob, "--output", str(data)]
+        argv = ["--dataset", dataset, "--input", input_glob, "--data_dir", str(data)]
         if args.preprocess_config:
-            argv += ["--config", args.preprocess_config]
+            argv += ["--preprocess_config", args.preprocess_config]
         res = preprocess.run(argv + list(args.beam_args))
         print(preprocess.summary(res))
     schema = DataSchema.load(data)
@@ -192,20 +191,24 @@ def report(summary: dict, fde_dim: int) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True)
+    from configs.experiment import PRESETS
+    from configs.features import DATASETS
+
+    parser = StrictArgumentParser(prog="python -m pipeline.run", description=__doc__, beam=True)
+    parser.add_argument("--workdir", required=True, help="the run's directory (resumable)")
     parser.add_argument("--demo", action="store_true", help="use the built-in synthetic dataset")
     parser.add_argument("--rows", type=int, default=DEMO_ROWS, help="synthetic rows for --demo")
     parser.add_argument("--seed", type=int, default=1, help="synthetic data seed for --demo")
-    parser.add_argument("--dataset")
-    parser.add_argument("--input")
+    parser.add_argument("--dataset", choices=sorted(DATASETS) + ["csv"], help="format of --input")
+    parser.add_argument("--input", help="raw log files: a glob, a directory or tfds:NAME")
     parser.add_argument("--preprocess_config", help="YAML PreprocessConfig for the Beam job")
-    parser.add_argument("--config", help="YAML overrides of the experiment preset")
-    parser.add_argument("--preset")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--fde_dim", type=int, default=32)
-    parser.add_argument("--no_export", action="store_true")
+    parser.add_argument("--config", help="experiment YAML overriding the preset's values")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="experiment preset (default: the dataset's own, else default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one experiment config value (repeatable)")
+    parser.add_argument("--fde_dim", type=int, default=32, help="the FDE baseline's dimension")
+    parser.add_argument("--no_export", action="store_true", help="skip the SavedModel export")
     parser.add_argument("--param_costs", metavar="C1,C2,...",
                         help="search and retrain once per search.param_cost and keep the model "
                              "with the best validation AUC (pipeline/tuning.py)")
@@ -218,18 +221,14 @@ def main(argv=None) -> int:
                         help="with --param_costs: also search each cost with each named search "
                              "embedding (raw: zero_pad + no normalisation, the presets'; ad2: "
                              "linear + batchnorm_affine) and keep the best validated model")
-    parser.add_argument("--quiet", action="store_true")
-    args, beam_args = parser.parse_known_args(argv)
+    parser.add_argument("--quiet", action="store_true", help="no progress display, only log lines")
+    args, beam_args = parser.parse_args(argv)
     args.beam_args = beam_args
-    from preprocessing.job import InputError
-    from preprocessing.run import JobFailed
-
-    try:
-        run(args)
-    except (ConfigError, NonFiniteLossError, FileNotFoundError, InputError, JobFailed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    if args.fde_dim < 1:
+        parser.error(f"--fde_dim must be >= 1, got {args.fde_dim}")
+    if args.rows < 1:
+        parser.error(f"--rows must be >= 1, got {args.rows}")
+    return run_main(lambda: run(args) and None)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 JSON outputs, distributed input streams that can resume mid-stream, and checkpointing."""
 from __future__ import annotations
 
+import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +17,29 @@ CONFIG_FILE = "config.json"
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    """Writes JSON so a reader never sees a half-written file."""
+    """Writes JSON so a reader never sees a half-written file: into `.NAME.XXXXXXXX` beside it,
+    then renamed (only a crash leaves that temporary behind). The file's mode follows the umask
+    (0o666 & ~umask) like every other file the pipeline writes; tempfile.mkstemp would give 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.urandom(4).hex()}"
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open(path, "w")
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"cannot create a temporary file for {path}")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -32,7 +47,10 @@ def prepare_model_dir(model_dir: str | Path, record: dict, rehash=None) -> Path:
     """Creates model_dir and writes config.json; refuses to resume a run made with another config
     or another dataset (the keys that differ are named). `rehash(stored_config_dict)`, when given,
     recomputes the stored run's config_hash from the config it recorded, so a run recorded under an
-    older hash definition is compared by what it stored, not by the hash it wrote."""
+    older hash definition is compared by what it stored, not by the hash it wrote. A refusal over
+    the config names the settings that differ ("search.learning_rate: 0.001 -> 0.01", from the
+    stored config.json's "config" and the new one); with `rehash`, only those that enter the hash
+    (config_differences)."""
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / CONFIG_FILE
@@ -50,12 +68,92 @@ def prepare_model_dir(model_dir: str | Path, record: dict, rehash=None) -> Path:
                          if k in ("config_hash", "schema_hash", "kind", "dims_hash")
                          and old.get(k) != record.get(k))
         if changed:
+            keys = ""
+            if "config_hash" in changed:
+                diffs = config_differences(old.get("config"), record.get("config"), rehash)
+                if diffs:
+                    shown = diffs[:_MAX_SHOWN_DIFFS]
+                    more = len(diffs) - len(shown)
+                    keys = ("; the settings that differ: " + ", ".join(shown)
+                            + (f" and {more} more" if more > 0 else ""))
+                elif not isinstance(old.get("config"), dict):
+                    keys = f"; {path} records no config to compare"
             raise ConfigError(
                 f"{model_dir} holds a run with a different {', '.join(changed)} "
-                f"({', '.join(f'{k}: {old.get(k)} -> {record.get(k)}' for k in changed)}); "
+                f"({', '.join(f'{k}: {old.get(k)} -> {record.get(k)}' for k in changed)}){keys}; "
                 f"use a new --model_dir to start a new run, or the same config to resume")
     atomic_write_json(path, record)
     return model_dir
+
+
+_MAX_SHOWN_DIFFS = 20
+_ABSENT = object()
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted.path: value} of a nested dict (lists are values)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, path))
+        else:
+            out[path] = value
+    return out
+
+
+def _with_value(data: dict, path: str, value: Any) -> dict:
+    """A copy of nested `data` with `path` set to `value` (removed for _ABSENT)."""
+    out = copy.deepcopy(data)
+    node = out
+    parts = path.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    if value is _ABSENT:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def config_differences(old_config: Any, new_config: Any, rehash=None) -> list[str]:
+    """The settings that differ between a stored run's config dict and a new one, as
+    "dotted.key: old -> new" (sorted by key). With `rehash` (config dict -> the run's hash), a
+    key whose change alone leaves the hash as it is (a setting the hash leaves out, e.g.
+    POST_SEARCH_KEYS, or the search settings for a retraining) is not listed: it does not block
+    resuming."""
+    if not isinstance(old_config, dict) or not isinstance(new_config, dict):
+        return []
+    old_leaves, new_leaves = _leaves(old_config), _leaves(new_config)
+    base = None
+    if rehash is not None:
+        try:
+            base = rehash(old_config)
+        except (KeyError, TypeError, ValueError):
+            base = None  # a config this code cannot hash: every difference is listed
+    out = []
+    for key in sorted(set(old_leaves) | set(new_leaves)):
+        before, after = old_leaves.get(key, _ABSENT), new_leaves.get(key, _ABSENT)
+        if before == after:
+            continue
+        if base is not None:
+            try:
+                if rehash(_with_value(old_config, key, after)) == base:
+                    continue
+            except (KeyError, TypeError, ValueError):
+                pass
+        out.append(f"{key}: {_show(before)} -> {_show(after)}")
+    return out
 
 
 def distributed_stream(strategy, data_dir, schema, split: str, global_batch_size: int, *,

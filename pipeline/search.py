@@ -6,12 +6,11 @@ validation batch (first-order DARTS). Writes `model_dir/dims.json` with the argm
 (`search.derive=argmax`, the paper's Eq. 13) or the argmax checked on validation rows
 (`search.derive=validated`, `pipeline/derive.py`).
 
-    python -m pipeline.search --data DIR --model_dir DIR [--config FILE] [--preset NAME]
+    python -m pipeline.search --data_dir DIR --model_dir DIR [--config FILE] [--preset NAME]
         [--set key=value ...] [--logical_cpus K] [--quiet]
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -19,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.cli import StrictArgumentParser, run_main
 from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, run_hash
 from configs.features import DataSchema
 from configs.loader import ConfigError, to_dict
-from pipeline.errors import NonFiniteLossError
+from pipeline.flags import add_experiment_flags, make_cli_strategy
 
 DIMS_FILE = "dims.json"
 
@@ -89,7 +89,8 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
     record = {"kind": "search", "preset": preset, "config": to_dict(cfg),
               "config_hash": run_hash(cfg), "schema_hash": schema.schema_hash,
               "data_dir": str(Path(data_dir).resolve())}
-    model_dir = runtime.prepare_model_dir(model_dir, record)
+    # the stored config is re-hashed (and its differing keys named) with the same run_hash
+    model_dir = runtime.prepare_model_dir(model_dir, record, rehash=run_hash)
     strategy = strategy or make_strategy(logical_cpus)
     sched = search_schedule(cfg, schema.splits["train"])
     pretrain, f = sched["pretrain_steps"], sched["arch_update_every"]
@@ -135,9 +136,14 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
                                              shuffle_buffer=s.shuffle_buffer))
     eval_ds = runtime.distributed_eval(strategy, data_dir, schema, "valid", s.batch_size)
     eval_every = s.eval_every or sched["steps_per_epoch"]
-    writers = {k: tf.summary.create_file_writer(str(model_dir / k)) for k in ("train", "valid")}
+    writers = {k: tf.summary.create_file_writer(str(model_dir / k))
+               for k in ("train", "valid", summaries.HPARAMS_RUN)}
     names = schema.field_names
     emb = model.embedding
+    if not resumed:  # once per run: alpha grouped by field, and the run's HParams session
+        summaries.write_alpha_layout(writers["train"], names, m.candidate_dims)
+        summaries.write_hparams(writers[summaries.HPARAMS_RUN],
+                                search_hparams(cfg, sched, schema, preset))
 
     def log_alpha(at_step):
         probs = np.asarray(emb.probabilities())
@@ -201,13 +207,72 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
 
         derivation = derive_validated(model, data_dir, schema, s, log=progress.log)
         summaries.write_derivation(writers["train"], step, derivation)
+    result = dims_record(schema, cfg, probs, chosen, sched, step, derivation)
+    derived = derived_valid_metrics(runner, emb, result, eval_ds)
+    final = {**final, "derived_valid_loss": derived["loss"], "derived_valid_auc": derived["auc"]}
+    progress.log(f"derived architecture (alpha one-hot on the chosen dims): valid loss "
+                 f"{derived['loss']:.4f} auc {derived['auc']:.4f}")
+    summaries.write_scalars(writers[summaries.HPARAMS_RUN], step, {
+        "hparams/derived_valid_auc": derived["auc"],
+        "hparams/derived_valid_logloss": derived["loss"],
+        "hparams/embedding_params": result["embedding_params"],
+        "hparams/params_share": result["params_share"]})
     for w in writers.values():
         w.flush()
-    result = dims_record(schema, cfg, probs, chosen, sched, step, derivation)
     result["final_metrics"] = final
     runtime.atomic_write_json(model_dir / DIMS_FILE, result)
     progress.log(format_dims(result))
     return result
+
+
+def search_embedding_name(model_cfg) -> str:
+    """The SEARCH_EMBEDDINGS name of a model config's search embedding ("custom" if none)."""
+    from configs.experiment import SEARCH_EMBEDDINGS
+
+    for name, settings in SEARCH_EMBEDDINGS.items():
+        if all(getattr(model_cfg, k) == v for k, v in settings.items()):
+            return name
+    return "custom"
+
+
+def search_hparams(cfg: ExperimentConfig, sched: dict, schema: DataSchema,
+                   preset: str | None) -> dict:
+    """The settings of a search that its HParams session records: what it searched with (backbone,
+    search embedding, candidates), the parameter cost and the temperature/alpha schedule that
+    shape alpha (the effective alpha learning rate and update period of `search_schedule`)."""
+    m, s = cfg.model, cfg.search
+    hparams = {
+        "kind": "search", "dataset": schema.dataset, "preset": preset or "",
+        "backbone": m.backbone, "search_embedding": search_embedding_name(m),
+        "lookup": m.lookup, "unify": m.unify, "candidate_norm": m.candidate_norm,
+        "candidate_dims": ",".join(str(d) for d in m.candidate_dims), "variant": s.variant,
+        "param_cost": s.param_cost, "param_cost_weighting": s.param_cost_weighting,
+        "temperature": s.temperature, "temperature_min": s.temperature_min,
+        "arch_lr_budget": s.arch_lr_budget, "min_arch_updates": s.min_arch_updates,
+        "arch_learning_rate": float(sched["arch_learning_rate"]),
+        "arch_update_every": int(sched["arch_update_every"]),
+        "learning_rate": s.learning_rate, "batch_size": s.batch_size, "seed": s.seed,
+        "derive": s.derive,
+    }
+    if s.temperature == "paper":  # the decay only shapes the paper's schedule
+        hparams["temperature_decay"] = s.temperature_decay
+    return hparams
+
+
+def derived_valid_metrics(runner, embedding, result: dict, eval_ds) -> dict:
+    """Validation loss/AUC (the whole split) of the derived architecture: the supernet with alpha
+    set to a hard one-hot on each field's derived dim (pipeline.derive's one-hot evaluation),
+    alpha restored bit for bit afterwards."""
+    from pipeline.derive import ONE_HOT_LOGIT
+
+    dims = np.asarray([result["fields"][n]["dim"] for n in result["field_order"]], np.float32)
+    hit = embedding.candidate_dims_matrix == dims[:, None]
+    saved = np.array(embedding.alpha.numpy(), copy=True)
+    try:
+        embedding.alpha.assign(np.where(hit, ONE_HOT_LOGIT, 0.0).astype(saved.dtype))
+        return runner.evaluate(eval_ds)
+    finally:
+        embedding.alpha.assign(saved)
 
 
 def dims_record(schema: DataSchema, cfg: ExperimentConfig, probs, chosen, sched, step,
@@ -253,36 +318,19 @@ def format_dims(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.search", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="output directory of preprocessing.run")
-    parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--config", help="YAML overrides of the preset")
-    parser.add_argument("--preset", help="named preset (default: the dataset's own)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set model.backbone=fm")
-    parser.add_argument("--logical_cpus", type=int, default=0,
-                        help="mirror over K logical CPU devices (tests the multi-replica path)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (CI logs)")
+    parser = StrictArgumentParser(prog="python -m pipeline.search", description=__doc__)
+    add_experiment_flags(parser)
     args = parser.parse_args(argv)
-    try:
-        if args.logical_cpus:  # must precede any TensorFlow op
-            from pipeline.strategy import make_strategy
-            strategy = make_strategy(args.logical_cpus)
-        else:
-            strategy = None
-        schema = DataSchema.load(args.data)
+
+    def body():
+        strategy = make_cli_strategy(args.logical_cpus)  # must precede any TensorFlow op
+        schema = DataSchema.load(args.data_dir)
         preset = args.preset or preset_for_dataset(schema.dataset)
         cfg = resolve(preset, args.config, args.set)
-        run_search(args.data, args.model_dir, cfg, quiet=args.quiet, preset=preset,
+        run_search(args.data_dir, args.model_dir, cfg, quiet=args.quiet, preset=preset,
                    strategy=strategy)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    return 0
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ Three parts:
 
 Python/graph agreement, the details:
 - Stripping removes exactly the characters Python's `str.strip()` removes (`WHITESPACE`).
-- Numbers follow Python's `float()` grammar restricted to ASCII: optional sign, digits with single
-  underscores between digits, optional fraction, optional exponent. `inf`/`nan` spellings are not
-  finite and map to missing, as do overflowing values (`1e400`, Python gives inf too). Non-ASCII
-  digits (which Python's float() accepts) map to missing in the graph.
+- Numbers are `configs.features.NUMBER_RE`, the same pattern on both sides: Python's `float()`
+  grammar restricted to ASCII (optional sign, digits with single underscores between digits,
+  optional fraction, optional exponent). Anything else (`inf`/`nan` spellings, hex, non-ASCII
+  digits such as Arabic-Indic or full-width ones, inner whitespace) is not a number: a dead letter
+  in preprocessing, missing here; so are overflowing values (`1e400` is inf on both sides).
 - `floor(v)` of a value below -2**63 cannot be cast to int64; such tokens (exact decimal strings)
   are looked up by the float's bit pattern in a small table built at export from the numeric
   vocabularies, so they still get their id when they are in the vocabulary (and 0 otherwise).
@@ -28,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-from configs.features import MISSING_TOKEN, OOV_ID
+from configs.features import MISSING_TOKEN, NUMBER_RE, OOV_ID
 
 PROBABILITY = "probability"
 LOGIT = "logit"
@@ -40,8 +41,8 @@ SIGNATURES = ("serving_default", "serving_tf_example", "transform")
 # The characters Python's str.strip() removes (str.isspace()), as an RE2 character class.
 WHITESPACE = (r"[\t\n\x0b\x0c\r\x1c-\x1f \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
               r"\x{202f}\x{205f}\x{3000}]")
-_DIGITS = r"[0-9]+(?:_[0-9]+)*"
-NUMBER_RE = rf"[+-]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][+-]?{_DIGITS})?"
+# NUMBER_RE (configs.features): the one ASCII number grammar, the same pattern here (RE2) and in
+# Python's numeric_token (re); both then need the value to be finite.
 # Sentinel token of a value whose token cannot be in any vocabulary (looked up -> OOV id 0).
 UNSEEN_TOKEN = "\x00unseen"
 INT64_MIN_FLOAT = -(2.0 ** 63)

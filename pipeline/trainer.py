@@ -238,10 +238,15 @@ def check_finite(total_loss, step: int, manager_dir: str) -> float:
     """One host read per compiled call: raise if any step in the call produced NaN/Inf."""
     value = float(total_loss)
     if not math.isfinite(value):
+        # only a checkpoint that exists is promised intact (the manager's state file names it)
+        latest = tf.train.latest_checkpoint(str(manager_dir))
+        if latest:
+            kept = f"The last good checkpoint {latest} is intact"
+        else:
+            kept = f"No checkpoint was written yet in {manager_dir}"
         raise NonFiniteLossError(
-            f"training loss became {value} by step {step}; stopped without saving. The last good "
-            f"checkpoint in {manager_dir} is intact (check the input data for NaN labels, or "
-            f"lower the learning rate)")
+            f"training loss became {value} by step {step}; stopped without saving. {kept} "
+            f"(check the input data for NaN labels, or lower the learning rate)")
     return value
 
 

@@ -24,6 +24,7 @@ from typing import Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from configs.cli import UsageError
 from configs.features import SPLITS, DatasetSpec
 from configs.preprocess import PreprocessConfig
 from preprocessing import columnar, formats, transforms
@@ -33,7 +34,7 @@ CHUNK_ROWS = 1000
 COUNTS_FILE = "_counts.json"
 
 
-class InputError(ValueError):
+class InputError(UsageError):
     """The --input does not name readable input for the dataset (raised before the job runs)."""
 
 
@@ -52,6 +53,11 @@ class JobInputs:
         if self.tables:
             return ", ".join(f"{k}={v}" for k, v in sorted(self.tables.items()))
         return ", ".join(self.patterns)
+
+    def paths(self) -> list[str]:
+        """The files (and TFDS data_dir) this run reads: --overwrite must never remove them."""
+        paths = list(self.patterns) + sorted((self.tables or {}).values())
+        return paths + ([self.tfds_data_dir] if self.tfds_name and self.tfds_data_dir else [])
 
 
 def _match(pattern: str) -> list[str]:

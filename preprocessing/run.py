@@ -1,30 +1,32 @@
 """Raw logs -> vocabularies + GZIP TFRecords of tf.Example (the autodim preprocessing job).
 
     python -m preprocessing.run --dataset criteo --input 'data/criteo/train*.txt' \\
-        --output out/criteo [--config FILE] [--overwrite] [--max_bad_fraction 0.01] [Beam options]
+        --data_dir out/criteo [--preprocess_config FILE] [--overwrite] [--max_bad_fraction 0.01] \\
+        [Beam options]
 
-Datasets: criteo, avazu, frappe, csv (fields from --config's `dataset:` section), movielens-1m
-and movielens-100k (--input: a directory or glob holding the three table files, or
+Datasets: criteo, avazu, frappe, csv (fields from --preprocess_config's `dataset:` section),
+movielens-1m and movielens-100k (--input: a directory or glob holding the three table files, or
 `tfds:movielens/1m-ratings`).
 
-Output (DIR = --output): schema.json, vocab/<field>.txt, {train,valid,test}/part-*.tfrecord.gz,
+Output (DIR = --data_dir): schema.json, vocab/<field>.txt, {train,valid,test}/part-*.tfrecord.gz,
 deadletter/part-*.jsonl (malformed records: file, line, reason, raw text), stats.json.
 
 Reading keeps line numbers (for the deterministic split and for dead letters), so every input
 file is read sequentially by one worker: parallelism is per input file. Shard big inputs into
 many files (e.g. `split -n l/64`) to use many workers.
 
-Runner: the DirectRunner in multi-process mode (2 workers) unless runner options are given; all
-unknown options go to Beam's PipelineOptions untouched. For Dataflow/Flink/Spark add
-`--setup_file ./setup.py` so the workers get the `configs` and `preprocessing` packages.
+Runner: the DirectRunner in multi-process mode (2 workers) unless runner options are given; the
+flags that Beam's PipelineOptions define go to Beam untouched (listed at the end of --help), any
+other unknown flag is refused. For Dataflow/Flink/Spark add `--setup_file ./setup.py` so the
+workers get the `configs` and `preprocessing` packages.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -32,17 +34,17 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from configs.features import SPLITS, DataSchema, FieldSchema
-from configs.loader import ConfigError
+from configs.cli import JobError, StrictArgumentParser, run_main
+from configs.features import DATASETS, SPLITS, DataSchema, FieldSchema
 from configs.preprocess import load_preprocess_config, resolve
-from preprocessing import job, output
+from preprocessing import job, output, transforms
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RUNNER_FLAGS = ("--runner", "--direct_running_mode", "--direct_num_workers")
 DEFAULT_RUNNER_ARGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
 
-class JobFailed(RuntimeError):
+class JobFailed(JobError):
     """The job ran but its result is refused (too many bad rows) or it crashed."""
 
 
@@ -55,19 +57,25 @@ class JobResult:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m preprocessing.run",
-                                     description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", required=True,
-                        help="criteo, avazu, movielens-1m, movielens-100k, frappe or csv")
+    """(args, Beam flags): only flags that Beam's PipelineOptions define are passed on."""
+    parser = StrictArgumentParser(prog="python -m preprocessing.run", description=__doc__,
+                                  beam=True)
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS) + ["csv"],
+                        help="the raw format of --input (csv: fields from --preprocess_config)")
     parser.add_argument("--input", required=True, help="file glob, directory, or tfds:NAME")
-    parser.add_argument("--output", required=True, help="output directory (must not exist)")
-    parser.add_argument("--config", default=None, help="YAML PreprocessConfig")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--data_dir", required=True,
+                        help="the output directory (must not exist, unless --overwrite)")
+    parser.add_alias("--output", "--data_dir")
+    parser.add_argument("--preprocess_config", default=None,
+                        help="YAML PreprocessConfig")
+    parser.add_alias("--config", "--preprocess_config")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --data_dir that this job wrote before")
     parser.add_argument("--max_bad_fraction", type=float, default=None,
                         help="fail when more rows than this fraction are malformed "
                              "(default: the config's, 0.01)")
     parser.add_argument("--tfds_data_dir", default=None, help="TFDS data_dir for tfds: inputs")
-    return parser.parse_known_args(argv)
+    return parser.parse_args(argv)
 
 
 def pipeline_options(beam_args: list[str]) -> PipelineOptions:
@@ -85,14 +93,18 @@ def run(argv=None) -> JobResult:
     """Runs the job; raises ConfigError / InputError / FileExistsError before starting and
     JobFailed after (with dead letters kept in a directory the message names)."""
     args, beam_args = parse_args(argv)
-    cfg = load_preprocess_config(args.config, args.max_bad_fraction)
+    cfg = load_preprocess_config(args.preprocess_config, args.max_bad_fraction)
     spec, resolved, chash = resolve(args.dataset, cfg)
     inputs = job.resolve_inputs(spec, args.input, args.tfds_data_dir)
-    out = args.output.rstrip("/")
-    if output.exists(out) and not args.overwrite:
-        raise FileExistsError(f"output directory {out} exists (pass --overwrite to replace it)")
+    out = args.data_dir.rstrip("/")
+    if output.exists(out):
+        if not args.overwrite:
+            raise FileExistsError(f"output directory {out} exists (pass --overwrite to replace "
+                                  f"it)")
+        output.check_replaceable(out, inputs.paths())  # OutputRefused: nothing runs
     options = pipeline_options(beam_args)
 
+    output.clean_leftovers(out)  # DIR.tmp-XXXXXXXX of killed runs
     tmp = output.make_temp(out)
     try:
         pipeline = beam.Pipeline(options=options)
@@ -107,10 +119,18 @@ def run(argv=None) -> JobResult:
         failed = output.keep_failed(tmp, out)
         where = f"; dead letters so far kept in {failed}" if failed else ""
         if isinstance(exc, Exception):
+            damaged = _damaged_input(exc)
+            if damaged:
+                raise JobFailed(f"{damaged}; no output written to {out}{where}") from exc
             raise JobFailed(f"preprocessing of {inputs.describe()} failed: {exc}{where}") from exc
         raise
 
     stats = job.summarize_counts(totals, spec.field_names)
+    if stats["rows_read"] == 0:
+        output.keep_failed(tmp, out)
+        skipped = stats["lines_skipped"]
+        raise JobFailed(f"no data rows in {inputs.describe()} ({skipped['header']} header and "
+                        f"{skipped['blank']} blank lines skipped); no output written to {out}")
     if stats["rows_read"] != stats["rows_written_total"] + stats["rows_deadlettered"]:
         output.keep_failed(tmp, out)
         raise JobFailed(f"internal error: rows read {stats['rows_read']} != written "
@@ -138,6 +158,20 @@ def run(argv=None) -> JobResult:
     _write_text(FileSystems.join(tmp, "schema.json"), schema.to_json())
     output.commit(tmp, out, args.overwrite)
     return JobResult(out, stats, schema, result)
+
+
+_DAMAGED = re.compile(re.escape(transforms.DAMAGED) + r" .*? complete lines were read")
+
+
+def _damaged_input(exc: BaseException) -> str | None:
+    """The reader's "damaged input file ..." message inside a runner's error (the runners wrap
+    worker errors in their own exceptions and tracebacks), or None."""
+    while exc is not None:
+        match = _DAMAGED.search(str(exc))
+        if match:
+            return match.group(0)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _write_text(path: str, text: str) -> None:
@@ -169,13 +203,7 @@ def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     # Multi-process workers relay their start-up warnings through the job service: noise.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
-    try:
-        res = run(argv)
-    except (ConfigError, job.InputError, FileExistsError, JobFailed) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(summary(res))
-    return 0
+    return run_main(lambda: print(summary(run(argv))))
 
 
 if __name__ == "__main__":

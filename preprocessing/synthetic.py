@@ -45,7 +45,6 @@ prefix of the output with more rows.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -53,6 +52,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+from configs.cli import StrictArgumentParser, atomic_output, run_main
 
 GENERATOR_VERSION = 1
 BLOCK_ROWS = 65536
@@ -400,22 +401,26 @@ def generate(path: str | Path, rows: int, seed: int, truth_path: str | Path | No
     path + ".truth.json"); returns the ground truth."""
     path = Path(path)
     truth_path = Path(truth_path) if truth_path else Path(str(path) + ".truth.json")
+    for p in (path, truth_path):  # never overwrites: both files appear atomically, truth last
+        if p.exists():
+            raise FileExistsError(f"{p} exists; choose another --output (or remove it)")
     gen = SyntheticGenerator(seed)
     stats = _Stats(gen)
-    with open(path, "w", encoding="ascii", newline="\n") as out:
+    with atomic_output(path, "w", encoding="ascii", newline="\n") as out:
         for block in iter_blocks(rows, seed, gen):
             stats.add(block)
             out.write(gen.to_tsv(block))
     truth = _truth(gen, stats)
     truth["data_file"] = path.name
-    truth_path.write_text(json.dumps(truth, indent=2) + "\n", encoding="utf-8")
+    with atomic_output(truth_path, "w", encoding="utf-8") as out:
+        out.write(json.dumps(truth, indent=2) + "\n")
     return truth
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m preprocessing.synthetic",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", required=True, help="the TSV file to write")
+    parser = StrictArgumentParser(prog="python -m preprocessing.synthetic",
+                                  description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", required=True, help="the TSV file to write (must not exist)")
     parser.add_argument("--rows", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--truth", default=None, help="ground truth JSON (default OUTPUT.truth.json)")
@@ -427,10 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.output).resolve().parent
     if not out_dir.is_dir():
         parser.error(f"--output: directory {out_dir} does not exist")
-    truth = generate(args.output, args.rows, args.seed, args.truth)
-    print(f"wrote {truth['rows']} rows to {args.output} (label rate {truth['label_rate']:.4f}; "
-          f"informative: {', '.join(truth['informative_fields'])})")
-    return 0
+
+    def body():
+        truth = generate(args.output, args.rows, args.seed, args.truth)
+        print(f"wrote {truth['rows']} rows to {args.output} (label rate "
+              f"{truth['label_rate']:.4f}; informative: {', '.join(truth['informative_fields'])})")
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

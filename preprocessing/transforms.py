@@ -21,10 +21,12 @@ Per-row work is kept in few DoFns with bundle-local counting because the job is 
 """
 from __future__ import annotations
 
+import bz2
 import collections
 import gzip
 import itertools
 import json
+import lzma
 import posixpath
 import zlib
 from typing import Any, Callable, Sequence
@@ -132,6 +134,69 @@ class LineChunk:
 
 
 _READ_BYTES = 1 << 20
+DAMAGED = "damaged input file"
+
+
+class InputDamaged(IOError):
+    """An input file that cannot be read to its end (a truncated or corrupt compressed stream,
+    an I/O error): the job fails, the message names the file and the lines read before it."""
+
+
+# Compressed inputs are decompressed by the standard library's readers, which raise at a
+# truncated stream (EOFError) or corrupt data (BadGzipFile, zlib.error, ...). Beam's own
+# CompressedFile stops silently at the end of a truncated stream (reading a truncated .gz gave
+# the rows up to the break and no error). DEFLATE and ZSTD inputs are still read by Beam.
+_STRICT_READERS = {CompressionTypes.GZIP: gzip.GzipFile, CompressionTypes.BZIP2: bz2.BZ2File,
+                   CompressionTypes.LZMA: lzma.LZMAFile}
+
+
+def open_input(readable: fileio.ReadableFile):
+    """The decompressed binary stream of one input file; GZIP, BZIP2 and LZMA (by suffix, as
+    Beam detects them) fail at a truncated or corrupt stream instead of ending early."""
+    strict = _STRICT_READERS.get(
+        CompressionTypes.detect_compression_type(readable.metadata.path))
+    if strict is None:
+        return readable.open()
+    raw = readable.open(compression_type=CompressionTypes.UNCOMPRESSED)
+    return _Closing(strict(fileobj=raw, mode="rb"), raw)
+
+
+class _Closing:
+    """A decompressing reader that also closes the raw file under it."""
+
+    def __init__(self, reader, raw):
+        self._reader, self._raw = reader, raw
+        self._error = None
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (fewer only at the end). A read error is raised after the data
+        decompressed before it has been returned (so the lines before a break are counted)."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        parts, have = [], 0
+        while size < 0 or have < size:
+            try:
+                part = self._reader.read1(size - have if size >= 0 else 1 << 20)
+            except Exception as exc:
+                if not parts:
+                    raise
+                self._error = exc
+                break
+            if not part:
+                break
+            parts.append(part)
+            have += len(part)
+        return b"".join(parts)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._reader.close()
+        finally:
+            self._raw.close()
 
 
 def _line_blocks(fh, size: int = _READ_BYTES):
@@ -156,6 +221,23 @@ def _line_blocks(fh, size: int = _READ_BYTES):
         yield [tail.rstrip(b"\r")]
 
 
+def _checked_blocks(fh, path: str, lines_read: Callable[[], int]):
+    """_line_blocks(fh), with a read error raised as InputDamaged naming `path` and how many
+    lines were read before it (`lines_read()`)."""
+    blocks = _line_blocks(fh)
+    while True:
+        try:
+            lines = next(blocks)
+        except StopIteration:
+            return
+        except (EOFError, OSError, zlib.error, lzma.LZMAError, ValueError) as exc:
+            kind = ("truncated (the compressed stream ends early)" if isinstance(exc, EOFError)
+                    else f"unreadable ({type(exc).__name__}: {exc})")
+            raise InputDamaged(f"{DAMAGED} {path}: {kind} after {lines_read():,} complete lines "
+                               f"were read") from None
+        yield lines
+
+
 class _ReadLinesFn(beam.DoFn):
     """One input file -> its lines with 1-based line numbers and split index: one by one as
     `(split, path, line_no, raw)`, or as LineChunks of `chunk_size` lines. The file is read in
@@ -172,8 +254,8 @@ class _ReadLinesFn(beam.DoFn):
         split_of = SplitAssigner(posixpath.basename(path), self._fractions, self._seed)
         size, only = self._chunk or 1000, self._only
         first, nos, splits, raws = 1, [], [], []
-        with readable.open() as fh:
-            for lines in _line_blocks(fh):
+        with open_input(readable) as fh:
+            for lines in _checked_blocks(fh, path, lambda: first - 1):
                 n = len(lines)
                 block = split_of.many(first, n)
                 if only is None:

@@ -83,7 +83,7 @@ def planted_dataset(workdir: Path, rows: int, seed: int = 1) -> tuple[Path, dict
     raw = workdir / "synthetic.tsv"
     truth = synthetic.generate(str(raw), rows, seed)
     data_dir = workdir / "data"
-    preprocess.run(["--dataset", "criteo", "--input", str(raw), "--output", str(data_dir),
+    preprocess.run(["--dataset", "criteo", "--input", str(raw), "--data_dir", str(data_dir),
                     "--runner", "DirectRunner", "--direct_running_mode", "in_memory"])
     return data_dir, truth
 

@@ -47,7 +47,7 @@ def write_raw(path: Path, rows: int = ROWS, seed: int = SEED, copies_of_edges: i
 def preprocess(raw: Path, out: Path) -> Path:
     from preprocessing import run as run_mod
 
-    run_mod.run(["--dataset", "criteo", "--input", str(raw), "--output", str(out), *INMEM])
+    run_mod.run(["--dataset", "criteo", "--input", str(raw), "--data_dir", str(out), *INMEM])
     return out
 
 

@@ -62,7 +62,7 @@ def small_data(tmp_path_factory):
 
 def test_ablation_runs_overrides_beside_fde_and_reuses_finished_runs(small_data, tmp_path, capsys):
     work, out = tmp_path / "work", tmp_path / "table.md"
-    args = ["--data", str(small_data), "--grid", "f1=2,8", "--base", "fde:4", "--frontier", "4,8",
+    args = ["--data_dir", str(small_data), "--grid", "f1=2,8", "--base", "fde:4", "--frontier", "4,8",
             "--backbone", "fm", "--seeds", "0", "--workdir", str(work), "--output", str(out),
             *[x for s in FAST for x in ("--set", s)]]
     assert ablation.main(args) == 0
@@ -113,7 +113,7 @@ def test_a_dims_json_base_is_per_seed_and_keeps_its_search_backbone(small_data, 
     base.write_text(json.dumps({"dataset": schema.dataset, "schema_hash": schema.schema_hash,
                                 "backbone": "fm", "fields": {k: {"dim": v} for k, v in dims.items()}}))
     work = tmp_path / "work"
-    args = ["--data", str(small_data), "--base", str(tmp_path / "s{seed}" / "dims.json"),
+    args = ["--data_dir", str(small_data), "--base", str(tmp_path / "s{seed}" / "dims.json"),
             "--grid", "f2=32", "--frontier", "4,8", "--seeds", "0", "--workdir", str(work),
             *[x for s in FAST for x in ("--set", s)]]
     assert ablation.main(args) == 0
@@ -126,7 +126,7 @@ def test_a_dims_json_base_is_per_seed_and_keeps_its_search_backbone(small_data, 
 
 def test_bad_fields_bases_and_missing_data_are_refused_or_skipped(small_data, tmp_path, capsys):
     work = tmp_path / "work"
-    base = ["--data", str(small_data), "--workdir", str(work), "--seeds", "0"]
+    base = ["--data_dir", str(small_data), "--workdir", str(work), "--seeds", "0"]
     assert ablation.main([*base, "--grid", "nope=8"]) == 2
     assert "no field 'nope'" in capsys.readouterr().err
     assert ablation.main([*base, "--grid", "f1=8", "--base", str(tmp_path / "s{seed}.json")]) == 2
@@ -134,5 +134,5 @@ def test_bad_fields_bases_and_missing_data_are_refused_or_skipped(small_data, tm
     assert not work.exists()  # nothing trained
     with pytest.raises(SystemExit):
         ablation.main([*base, "--grid", "f1=8", "--frontier", "8"])
-    assert ablation.main(["--data-root", str(tmp_path / "absent"), "--grid", "user=8"]) == 0
+    assert ablation.main(["--data_root", str(tmp_path / "absent"), "--grid", "user=8"]) == 0
     assert "skipped" in capsys.readouterr().out

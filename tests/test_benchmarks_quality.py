@@ -37,13 +37,13 @@ def test_table_reports_means_shares_frontier_gaps_and_dims_correlation():
 
 
 def test_missing_data_root_skips_and_bad_frontier_is_refused(tmp_path, capsys):
-    assert quality.main(["--data-root", str(tmp_path / "absent")]) == 0
+    assert quality.main(["--data_root", str(tmp_path / "absent")]) == 0
     assert "skipped" in capsys.readouterr().out
     (tmp_path / "root").mkdir()
     with pytest.raises(SystemExit):
-        quality.main(["--data-root", str(tmp_path / "root"), "--frontier", "8"])
+        quality.main(["--data_root", str(tmp_path / "root"), "--frontier", "8"])
     with pytest.raises(SystemExit):
-        quality.main(["--data-root", str(tmp_path / "root"), "--methods", "fde4"])
+        quality.main(["--data_root", str(tmp_path / "root"), "--methods", "fde4"])
 
 
 def test_autodim_validated_reuses_the_same_seeds_autodim_search(tmp_path):
@@ -69,7 +69,7 @@ def test_autodim_validated_reuses_the_same_seeds_autodim_search(tmp_path):
 def test_autodim_tuned_reuses_the_same_seeds_autodim_run_at_the_preset_cost(tmp_path, capsys):
     """autodim_tuned copies the finished autodim search and retraining of its seed as its
     candidate at the preset's cost; not when the cost is not a candidate, the autodim run is
-    unfinished, or its own copy exists. Bad --tune-costs are refused."""
+    unfinished, or its own copy exists. Bad --tune_costs are refused."""
     seed_dir = tmp_path / "frappe" / "fm" / "seed1"
     target = seed_dir / "autodim_tuned"
     source = seed_dir / "autodim"
@@ -88,9 +88,9 @@ def test_autodim_tuned_reuses_the_same_seeds_autodim_run_at_the_preset_cost(tmp_
     assert (target / "search_cost0.05" / "dims.json").read_text() == "dims"
     (tmp_path / "root").mkdir()
     with pytest.raises(SystemExit):
-        quality.main(["--data-root", str(tmp_path / "root"), "--tune-costs", "0.01,abc"])
-    assert "--tune-costs: 'abc' is not a number" in capsys.readouterr().err
+        quality.main(["--data_root", str(tmp_path / "root"), "--tune_costs", "0.01,abc"])
+    assert "--tune_costs: 'abc' is not a number" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        quality.main(["--data-root", str(tmp_path / "root"), "--tune-tolerance", "1sd"])
-    assert "--tune-tolerance must be a number or <K>se (e.g. 1se), got '1sd'" in \
+        quality.main(["--data_root", str(tmp_path / "root"), "--tune_tolerance", "1sd"])
+    assert "--tune_tolerance must be a number or <K>se (e.g. 1se), got '1sd'" in \
         capsys.readouterr().err

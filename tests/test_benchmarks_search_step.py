@@ -47,7 +47,7 @@ def test_write_synthetic_is_read_back_by_the_input_pipeline(tmp_path):
 def test_benchmark_runs_and_last_line_parses(tmp_path, capsys):
     code = search_step.main(["--rows", "1200", "--fields", "4", "--batch", "100", "--steps", "10",
                              "--warmup", "1", "--input-batches", "3", "--no-stats-cost",
-                             "--data-root", str(tmp_path)])
+                             "--data_root", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out.strip().splitlines()
     match = LAST_LINE.match(out[-1])

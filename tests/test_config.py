@@ -132,3 +132,43 @@ def test_data_schema_round_trip_and_tamper_detection(tmp_path):
         DataSchema.load(tmp_path)
     with pytest.raises(ConfigError, match="not the output of"):
         DataSchema.load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("override, key, shown", [
+    ("search.learning_rate=.inf", "search.learning_rate", "inf"),
+    ("search.learning_rate=.nan", "search.learning_rate", "nan"),
+    ("search.param_cost=-.inf", "search.param_cost", "-inf"),
+    ("search.temperature_decay=inf", "search.temperature_decay", "'inf'"),
+    ("retrain.max_epochs=.inf", "retrain.max_epochs", "inf"),
+    ("search.batch_size=.inf", "search.batch_size", "inf"),
+    ("model.candidate_dims=[2,.inf]", "model.candidate_dims[1]", "inf"),
+])
+def test_non_finite_numbers_are_refused_naming_key_and_value(override, key, shown):
+    with pytest.raises(ConfigError) as err:
+        experiment.resolve("default", None, [override])
+    assert f"{key}: {shown} is not a finite number" in str(err.value)
+
+
+def test_non_finite_numbers_in_yaml_files_are_refused(tmp_path):
+    from configs.preprocess import load_preprocess_config
+
+    search = tmp_path / "search.yaml"
+    search.write_text("search:\n  arch_learning_rate: .NaN\n")
+    with pytest.raises(ConfigError, match=r"search\.arch_learning_rate: nan is not a finite"):
+        experiment.resolve("default", str(search))
+    # the preprocessing config goes through the same loader, its untyped `dataset:` section too
+    for text, needle in [("max_bad_fraction: .inf\n", r"max_bad_fraction: inf "),
+                         ("split: {train: .nan, valid: 0.1, test: 0.1}\n", r"split\.train: nan "),
+                         ("dataset: {default_min_count: .inf}\n", r"dataset\.default_min_count: inf "),
+                         ("num_shards: {train: -.inf}\n", r"num_shards\.train: -inf ")]:
+        path = tmp_path / "pre.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=needle + "is not a finite number"):
+            load_preprocess_config(str(path))
+    # a config.json written with NaN (json allows it) is refused when read back
+    data = to_dict(experiment.resolve("default"))
+    data["search"]["learning_rate"] = float("nan")
+    with pytest.raises(ConfigError, match=r"search\.learning_rate: nan is not a finite"):
+        from_dict(experiment.ExperimentConfig, json.loads(json.dumps(data)))
+    # finite values still load
+    assert experiment.resolve("default", None, ["search.learning_rate=1e-2"]).search.learning_rate == 0.01

@@ -73,6 +73,41 @@ def test_tf_numeric_token_equals_python_rule():
     assert got[NUMERIC_CASES.index("-0.5")] == "-1"
 
 
+# Probes for the one number grammar (configs.features.NUMBER_RE): non-ASCII digits (which
+# Python's float() accepts), underscores, hex and other bases, inf/nan spellings, whitespace
+# (inner, outer, Unicode), signs and exponents, overflow and underflow.
+NON_ASCII_NUMBER_PROBES = [
+    "\u0663", "\uff13", "\u0967\u0968", "\U0001d7d1", "\u0663.\u0665", "1e\u0663", "\u06f3",
+    "\u07c3", "\uff11\uff10\uff10", "-\u0663", "\u0661\u066b\u0665", "1\u0660", "\u00b2", "\u00bd",
+    "\u216b", "\uff0d1", "\uff0b1", " \u0663 ", "\u00a0\uff13\u3000", "\u0e53", "\u1813",
+]
+NUMBER_PROBES = NON_ASCII_NUMBER_PROBES + [
+    "1_000", "1__000", "_1", "1_", "1_.5", "1._5", "1.5_", "1e1_0", "1e_10", "1_e10", "0.1e1_0",
+    "-1_0", "0x10", "0X1F", "0b1", "0o7", "0x1p3", "1j",
+    "inf", "+inf", "-inf", "INF", "Infinity", "-Infinity", "infinity", "nan", "-nan", "NaN",
+    "+nan", "snan",
+    "1e999", "-1e999", "1e308", "1.8e308", "1e-999", "-1e-999", "4.9e-324", "2.4e-324",
+    " 5 ", "\t5\n", "\u00a05\u3000", "\x1c5\x1f", "\u200b5", "\ufeff5", "5 5", "5\x00", "1 000",
+    "+5", "-5", "++5", "+-5", "-+5", "+", "-", "1e+5", "1E-5", "1e", "e1", "E5", ".", "+.", ".e1",
+    "1.e1", "-.5", "1.5e", "1.5e+", "0.5", "007", "-007.500", "1,000", "1.2.3", "2", "2.0",
+    "2.0000000000000001", "3", "-0", "-0.0", "+0", "1" * 320, "0." + "0" * 400 + "1",
+]
+
+
+def test_number_probes_python_and_graph_agree():
+    """Train/serve skew: the Python rule (preprocessing) and the graph rule (SavedModel) give the
+    same token for every probe; a ValueError (dead letter) in Python is MISSING in the graph."""
+    thresholds = tf.constant(serving.log_bucket_thresholds(serving.MIN_EXACT_BUCKETS), tf.float64)
+    got = [t.decode() for t in
+           serving.tf_numeric_token(tf.constant(NUMBER_PROBES), None, thresholds).numpy()]
+    assert [(p, g, py_numeric(p)) for p, g in zip(NUMBER_PROBES, got) if g != py_numeric(p)] == []
+    for probe in NON_ASCII_NUMBER_PROBES + ["inf", "nan", "0x10", "1e999", "1__000", "5 5"]:
+        with pytest.raises(ValueError):
+            numeric_token(probe)
+    assert [numeric_token(p) for p in ("1_000", " 5 ", "1e-999", "+5", ".5", "1.")] == [
+        "L47", "L2", "0", "L2", "0", "1"]
+
+
 def test_tf_numeric_token_huge_negative_table():
     tokens = [numeric_token("-1e30"), numeric_token("-1e300"), "L3", "abc"]
     huge = serving.huge_negative_tokens(tokens)

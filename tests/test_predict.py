@@ -24,6 +24,7 @@ def inputs(served, tmp_path_factory):
     raw = served[0]
     lines = _raw_lines(raw, 12)
     d = tmp_path_factory.mktemp("predict_in")
+    # Line 1 is labelled, so a.txt is a labelled file: its 39-column lines 2 and 7 are rejects.
     a = [lines[0], lines[1].split("\t", 1)[1],      # labelled, then unlabelled (39 columns)
          "", "7\t" + lines[2].split("\t", 1)[1],    # blank, bad label (line 4)
          "1\t2\t3",                                  # wrong column count (line 5)
@@ -45,25 +46,28 @@ def test_order_labels_and_rejects(served, inputs, tmp_path):
     out = tmp_path / "scores.csv"
     counts = predict_mod.predict(version.parent, str(d / "*"), out, batch_size=3, quiet=True,
                                  log=lambda *_: None)
-    assert counts["scored"] == 11 and counts["rejected"] == 2 and counts["blank"] == 1
+    assert counts["scored"] == 9 and counts["rejected"] == 4 and counts["blank"] == 1
     assert counts["labelled"] == 9
     rows = _read(out)
-    want_order = [("a.txt", n) for n in (1, 2, 6, 7, 8)] + [("b.txt.gz", n) for n in range(1, 7)]
+    want_order = [("a.txt", n) for n in (1, 6, 8)] + [("b.txt.gz", n) for n in range(1, 7)]
     assert [(r["source"].rsplit("/", 1)[1], int(r["line"])) for r in rows] == want_order
-    assert [int(r["row_id"]) for r in rows] == list(range(11))
-    assert [r["label"] for r in rows[:5]] == [lines[0][0], "", lines[3][0], "", lines[5][0]]
+    assert [int(r["row_id"]) for r in rows] == list(range(9))
+    assert [r["label"] for r in rows[:3]] == [lines[0][0], lines[3][0], lines[5][0]]
     # Probabilities are those of the SavedModel on the same raw values.
     loaded = tf.saved_model.load(str(version))
-    raw_rows = [lines[i].split("\t")[1:] for i in (0, 1, 3, 4, 5)] + \
+    raw_rows = [lines[i].split("\t")[1:] for i in (0, 3, 5)] + \
         [lines[i].split("\t")[1:] for i in range(6, 12)]
     want = loaded.signatures["serving_default"](**{
         n: tf.constant([r[k] for r in raw_rows]) for k, n in enumerate(field_names())})
-    got = np.array([float(r["probability"]) for r in rows[:11]])
+    got = np.array([float(r["probability"]) for r in rows])
     np.testing.assert_allclose(got, want["probability"].numpy(), atol=1e-6)
     rejects = [json.loads(x) for x in
                open(str(out) + predict_mod.REJECTS_SUFFIX, encoding="utf-8")]
-    assert [(r["line"], r["reason"][:9]) for r in rejects] == [(4, "bad label"), (5, "expected ")]
-    assert rejects[0]["source"].endswith("a.txt") and rejects[1]["raw"] == "1\t2\t3"
+    assert [(r["line"], r["reason"][:9]) for r in rejects] == [
+        (2, "expected "), (4, "bad label"), (5, "expected "), (7, "expected ")]
+    assert rejects[0]["source"].endswith("a.txt") and rejects[2]["raw"] == "1\t2\t3"
+    assert "expected 40 tab-separated columns" in rejects[0]["reason"]
+    assert rejects[0]["reason"].endswith("got 39")
 
 
 def test_newest_version_and_explicit_version(served, inputs, tmp_path):
@@ -90,8 +94,8 @@ def test_cli_and_dataset_override(served, inputs, tmp_path, capsys):
     code = predict_mod.main(["--model", str(served[3].parent), "--input", str(d / "a.txt"),
                              "--output", str(out), "--dataset", "criteo", "--quiet"])
     assert code == 0
-    assert "5 rows scored" in capsys.readouterr().err
-    assert len(_read(out)) == 5
+    assert "3 rows scored" in capsys.readouterr().err
+    assert len(_read(out)) == 3
     code = predict_mod.main(["--model", str(served[3].parent), "--input", str(d / "a.txt"),
                              "--output", str(out), "--dataset", "movielens-1m", "--quiet"])
     assert code == 2 and "has no field(s) ['I1'" in capsys.readouterr().err

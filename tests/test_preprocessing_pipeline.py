@@ -27,7 +27,7 @@ def _criteo(label, i1, c1, c2="x"):
 
 
 def _run(dataset, inp, out, *extra):
-    return run_mod.run(["--dataset", dataset, "--input", str(inp), "--output", str(out),
+    return run_mod.run(["--dataset", dataset, "--input", str(inp), "--data_dir", str(out),
                         *extra, *INMEM])
 
 
@@ -112,7 +112,7 @@ def test_criteo_run_outputs_schema_vocab_and_tfrecords(criteo_file, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("dataset: {default_min_count: 1}\nnum_shards: {train: 2}\n")
     out = tmp_path / "out"
-    res = _run("criteo", criteo_file, out, "--config", str(cfg), "--max_bad_fraction", "0.1")
+    res = _run("criteo", criteo_file, out, "--preprocess_config", str(cfg), "--max_bad_fraction", "0.1")
     st = json.loads((out / "stats.json").read_text())
     assert st["rows_read"] == 200 and st["rows_deadlettered"] == 1
     assert st["rows_written_total"] == 199 == sum(st["rows_written"].values())
@@ -175,9 +175,10 @@ def test_refusals_and_errors(criteo_file, tmp_path):
     _run("criteo", criteo_file, out, "--overwrite", "--max_bad_fraction", "0.1")
     assert DataSchema.load(out).splits["train"] > 0
     proc = subprocess.run([sys.executable, "-m", "preprocessing.run", "--dataset", "criteo",
-                           "--input", str(tmp_path / "none*.txt"), "--output",
+                           "--input", str(tmp_path / "none*.txt"), "--data_dir",
                            str(tmp_path / "o4")], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 1 and "no files match" in proc.stderr
+    assert proc.returncode == 2 and "no files match" in proc.stderr  # a usage error
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
 def test_max_bad_fraction_fails_after_writing_dead_letters(criteo_file, tmp_path):
@@ -220,7 +221,7 @@ def test_avazu_frappe_csv_runs(tmp_path):
     cfg = tmp_path / "csv.yaml"
     cfg.write_text("dataset:\n  fields: [{name: a}, {name: n, kind: numeric}]\n"
                    "  columns: [y, a, n]\n  label_column: y\n  delimiter: '|'\n  header: true\n")
-    res = _run("csv", tmp_path / "d.tsv", tmp_path / "o3", "--config", str(cfg))
+    res = _run("csv", tmp_path / "d.tsv", tmp_path / "o3", "--preprocess_config", str(cfg))
     assert res.stats["rows_read"] == 20 and res.schema.vocab_sizes["a"] == 4
     assert res.schema.config["dataset"]["delimiter"] == "|"
 
@@ -236,7 +237,7 @@ def test_movielens_100k_and_1m_runs(tmp_path):
     (d / "u1.base").write_text("ignored\n")
     cfg = tmp_path / "all_train.yaml"
     cfg.write_text("split: {train: 1.0, valid: 0.0, test: 0.0}\n")
-    res = _run("movielens-100k", d, tmp_path / "o1", "--max_bad_fraction", "0.3", "--config", str(cfg))
+    res = _run("movielens-100k", d, tmp_path / "o1", "--max_bad_fraction", "0.3", "--preprocess_config", str(cfg))
     st = res.stats
     assert (st["rows_read"], st["rows_written_total"], st["rows_deadlettered"]) == (4, 3, 1)
     assert st["side_tables"]["rows_read"] == 4
@@ -291,7 +292,7 @@ def test_movielens_tfds_path_with_mock_data(tmp_path):
     cfg.write_text("split: {train: 1.0, valid: 0.0, test: 0.0}\n")
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
         res = _run("movielens-1m", "tfds:movielens/1m-ratings", tmp_path / "o",
-                   "--config", str(cfg), "--max_bad_fraction", "0.5")
+                   "--preprocess_config", str(cfg), "--max_bad_fraction", "0.5")
     st = res.stats
     assert (st["rows_read"], st["rows_written_total"], st["rows_deadlettered"]) == (4, 3, 1)
     assert st["label_rate"]["train"] == pytest.approx(2 / 3)

@@ -69,7 +69,7 @@ def test_fde_gives_exactly_d_and_metrics_match_the_saved_predictions(small_data,
 
 def test_retrain_resumes_after_sigkill_with_the_same_result(small_data, tmp_path):
     sets = [a for s in FAST + ["retrain.patience=100"] for a in ("--set", s)]
-    args = ["--data", str(small_data), "--dims", "fde:4", "--preset", "default", "--quiet", *sets]
+    args = ["--data_dir", str(small_data), "--dims", "fde:4", "--preset", "default", "--quiet", *sets]
     ref = run_module("pipeline.retrain", args + ["--model_dir", str(tmp_path / "ref")])
     assert ref.returncode == 0, ref.stderr[-2000:]
     killed = tmp_path / "killed"
@@ -112,7 +112,7 @@ def test_mismatched_dims_are_refused(small_data, tmp_path):
 
 def test_dim_overrides_change_only_the_named_fields_and_bad_ones_are_refused(small_data, tmp_path):
     out = tmp_path / "abl"
-    res = run_module("pipeline.retrain", ["--data", str(small_data), "--dims", "fde:4",
+    res = run_module("pipeline.retrain", ["--data_dir", str(small_data), "--dims", "fde:4",
                                           "--dim", "f2=16", "--dim", "f5=2", "--model_dir",
                                           str(out), "--preset", "default", "--quiet",
                                           *[x for s in FAST for x in ("--set", s)]])
@@ -128,14 +128,14 @@ def test_dim_overrides_change_only_the_named_fields_and_bad_ones_are_refused(sma
                           (["--dim", "f1=-3"], "'f1=-3': D must be positive"),
                           (["--dim", "f1=8", "--dim", "f1=16"], "'f1' is given twice")):
         bad = tmp_path / "bad"
-        res = run_module("pipeline.retrain", ["--data", str(small_data), "--dims", "fde:4",
+        res = run_module("pipeline.retrain", ["--data_dir", str(small_data), "--dims", "fde:4",
                                               "--model_dir", str(bad), "--preset", "default",
                                               *args])
         assert res.returncode == 2, (args, res.stderr)
         assert re.search(message, res.stderr), (args, res.stderr)
         assert not bad.exists()
     # the finished directory with other overrides is refused, not mixed
-    res = run_module("pipeline.retrain", ["--data", str(small_data), "--dims", "fde:4",
+    res = run_module("pipeline.retrain", ["--data_dir", str(small_data), "--dims", "fde:4",
                                           "--dim", "f2=8", "--model_dir", str(out), "--preset",
                                           "default", "--quiet",
                                           *[x for s in FAST for x in ("--set", s)]])
@@ -193,7 +193,7 @@ def test_a_dims_json_is_retrained_with_its_search_backbone_unless_another_is_ask
     dims.write_text(json.dumps({"backbone": "fm", "schema_hash": schema.schema_hash,
                                 "fields": {n: {"dim": 4} for n in schema.field_names}}))
     sets = [a for s in FAST + ["retrain.max_epochs=1"] for a in ("--set", s)]
-    out = run_module("pipeline.retrain", ["--data", str(small_data), "--dims", str(dims),
+    out = run_module("pipeline.retrain", ["--data_dir", str(small_data), "--dims", str(dims),
                                           "--model_dir", str(tmp_path / "m"), "--quiet", *sets])
     assert out.returncode == 0, out.stderr[-2000:]
     assert read_json(tmp_path / "m" / "metrics.json")["backbone"] == "fm"  # not the preset's deepfm
@@ -230,3 +230,55 @@ def test_search_only_settings_neither_refuse_nor_repeat_a_finished_retraining(sm
         other = experiment.resolve("default", None, FAST + ["retrain.max_epochs=1", changed])
         with pytest.raises(ConfigError, match="different config_hash"):
             retrain(str(small_data), "fde:4", str(tmp_path / "m"), other, quiet=True)
+
+
+def test_hparams_record_the_restored_best_not_the_last_evaluation(small_data, tmp_path):
+    from pipeline import summaries
+    from pipeline.retrain import retrain
+    from tests.test_summaries import hparams_session, scalar_series
+
+    # a high learning rate over-fits the small data: validation AUC peaks, then falls
+    cfg = experiment.resolve("default", None, [
+        "retrain.batch_size=200", "retrain.max_epochs=4", "retrain.eval_every=5",
+        "retrain.steps_per_call=5", "retrain.patience=100", "retrain.learning_rate=0.05"])
+    m = retrain(str(small_data), "fde:8", str(tmp_path / "r"), cfg, quiet=True, preset="default")
+    evals = [v for _, v in scalar_series(tmp_path / "r" / "valid", "auc")]
+    assert len(evals) >= 5
+    assert m["best_valid_auc"] == pytest.approx(max(evals), abs=1e-6)
+    assert evals[-1] < max(evals) - 1e-4, evals  # the last evaluation is not the chosen model
+    run = tmp_path / "r" / summaries.HPARAMS_RUN
+    hp = hparams_session(run)
+    assert hp["kind"] == "retrain" and hp["dims_source"] == "fde:8"
+    assert hp["embedding_params"] == m["params"] == 8 * sum(VOCAB)
+    ((step, best),) = scalar_series(run, "hparams/best_valid_auc")
+    assert step == m["steps"] and best == pytest.approx(m["best_valid_auc"], abs=1e-6)
+    assert best != pytest.approx(evals[-1], abs=1e-5)
+    ((_, test_auc),) = scalar_series(run, "hparams/test_auc")
+    assert test_auc == pytest.approx(m["test_auc"], abs=1e-6)
+    # the validation logloss of the same (best) weights, from the saved predictions
+    valid = np.load(tmp_path / "r" / "valid_predictions.npz")
+    y, p = valid["labels"], np.clip(valid["probabilities"].astype(np.float64), 1e-7, 1 - 1e-7)
+    ((_, logloss),) = scalar_series(run, "hparams/best_valid_logloss")
+    assert logloss == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)), rel=1e-6)
+    assert m["best_valid_logloss"] == pytest.approx(logloss, rel=1e-6)
+
+
+def test_refusal_names_the_retraining_settings_that_differ_not_the_search_ones(tmp_path):
+    from configs.loader import to_dict
+    from pipeline.runtime import prepare_model_dir
+
+    def record(cfg):
+        return {"kind": "retrain", "config": to_dict(cfg),
+                "config_hash": experiment.retrain_hash(cfg), "schema_hash": "s0", "dims_hash": "d0"}
+
+    base = experiment.resolve("default", None, FAST)
+    prepare_model_dir(tmp_path, record(base), rehash=experiment.retrain_hash)
+    other = experiment.resolve("default", None, FAST + [
+        "retrain.learning_rate=0.01", "model.dropout=0.5", "search.param_cost=0.3",
+        "model.lookup=separate"])
+    with pytest.raises(ConfigError, match="different config_hash") as err:
+        prepare_model_dir(tmp_path, record(other), rehash=experiment.retrain_hash)
+    msg = str(err.value)
+    assert "retrain.learning_rate: 0.001 -> 0.01" in msg and "model.dropout: 0.2 -> 0.5" in msg
+    assert "param_cost" not in msg and "lookup" not in msg  # search-only: they do not block
+    assert experiment.retrain_hash(base) in msg and experiment.retrain_hash(other) in msg

@@ -1,0 +1,36 @@
+"""The flags search and retraining share (one name per concept across the CLIs: `--data_dir` is
+the preprocessing job's output everywhere, `--config` the experiment YAML)."""
+from __future__ import annotations
+
+from configs.cli import StrictArgumentParser, UsageError
+from configs.experiment import PRESETS
+
+
+def add_experiment_flags(parser: StrictArgumentParser) -> None:
+    """--data_dir, --model_dir, --config, --preset, --set, --logical_cpus, --quiet."""
+    parser.add_argument("--data_dir", required=True,
+                        help="the preprocessing job's output directory (holds schema.json)")
+    parser.add_alias("--data", "--data_dir")
+    parser.add_argument("--model_dir", required=True, help="this run's directory (resumable)")
+    parser.add_argument("--config", help="experiment YAML overriding the preset's values")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="named experiment preset (default: the dataset's own, else default)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set model.backbone=fm "
+                             "(repeatable; applied after --config)")
+    parser.add_argument("--logical_cpus", type=int, default=0, metavar="K",
+                        help="mirror over K >= 2 logical CPU devices (tests the multi-replica "
+                             "path without a GPU); 0: every GPU, else the CPU")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress display, only log lines")
+
+
+def make_cli_strategy(logical_cpus: int):
+    """The strategy for --logical_cpus (None: the default one); call before any TF op."""
+    if logical_cpus == 0:
+        return None
+    if logical_cpus < 2:
+        raise UsageError(f"--logical_cpus must be 0 or >= 2, got {logical_cpus}")
+    from pipeline.strategy import make_strategy
+
+    return make_strategy(logical_cpus)
