@@ -163,7 +163,7 @@ class RecordChunk:
 
     A token column may hold "" (EMPTY_MISSING) for MISSING_TOKEN: "" is never a token (both
     token rules map it to MISSING_TOKEN), and leaving it saves the chunk reader a map per
-    column. Iterating, counting (transforms) and encoding (ExampleEncoder.encode_columns) read
+    column. Iterating, counting (vocabulary) and encoding (ExampleEncoder.encode_columns) read
     it as MISSING_TOKEN."""
 
     __slots__ = ("columns", "labels")

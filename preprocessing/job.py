@@ -1,4 +1,4 @@
-"""The preprocessing recipe: which inputs to read and how the PTransforms connect.
+"""The preprocessing recipe: what the job reads and how its stages connect.
 
 Two passes over the input, both streaming (nothing is materialised between steps):
 1. vocabulary pass: read only the training lines -> parse -> count tokens -> vocabularies,
@@ -6,20 +6,24 @@ Two passes over the input, both streaming (nothing is materialised between steps
    input -> per split: GZIP TFRecords.
 Parsing twice costs CPU, but a single pass would make the runner hold every parsed record until
 the vocabularies are known (on the DirectRunner: the whole dataset in memory).
-Rows travel in chunks of CHUNK_ROWS lines of one file (see transforms), so the runner's
-per-element cost is paid per chunk; dead letters are still one element per bad line. Files are
-read in 1 MB blocks with the splits of a block's lines hashed at once (LineChunk). Plain
-delimited formats (Criteo) are parsed a chunk at a time into column-wise RecordChunks
-(preprocessing.columnar) that counting reads column by column; the encoding pass goes from a
-chunk's split values straight to tf.Example bytes (columnar.PlainChunkEncoder). The lines that
-need a closer look go one by one through the same row parser as the other formats.
+
+The stages, one module each: reading (files -> numbered lines with their split), parsing
+(lines -> records, dead letters), vocabulary (records -> vocabularies), encoding (lines ->
+tf.Example bytes), writing (TFRecords, dead letters, counts); counts is the rows' bookkeeping.
+Rows travel in chunks of CHUNK_ROWS lines of one file, so the runner's per-element cost is paid
+per chunk; dead letters are still one element per bad line. Files are read in 1 MB blocks with
+the splits of a block's lines hashed at once (LineChunk). Plain delimited formats (Criteo) are
+parsed a chunk at a time into column-wise RecordChunks (preprocessing.columnar) that counting
+reads column by column; the encoding pass goes from a chunk's split values straight to
+tf.Example bytes (columnar.PlainChunkEncoder). The lines that need a closer look go one by one
+through the same row parser as the other formats.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import posixpath
-from typing import Sequence
+from typing import Callable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -27,11 +31,24 @@ from apache_beam.io.filesystems import FileSystems
 from configs.cli import UsageError
 from configs.features import SPLITS, DatasetSpec
 from configs.preprocess import PreprocessConfig
-from preprocessing import columnar, formats, transforms
+from preprocessing import formats, reading
+from preprocessing.columnar import PlainChunkReader
+from preprocessing.counts import COUNTS, COUNTS_FILE
+from preprocessing.encoding import ParseAndEncode
+from preprocessing.parsing import (
+    DEADLETTER,
+    LineParse,
+    ParseRecords,
+    ParseSideTable,
+    RatingParse,
+    TableParse,
+    TfdsParse,
+)
+from preprocessing.vocabulary import ComputeVocabularies, WriteVocabularies
+from preprocessing.writing import WriteCounts, WriteDeadLetters, WriteTFRecordChunks
 
 MOVIELENS = ("movielens-1m", "movielens-100k")
 CHUNK_ROWS = 1000
-COUNTS_FILE = "_counts.json"
 
 
 class InputError(UsageError):
@@ -98,127 +115,93 @@ def resolve_inputs(spec: DatasetSpec, input_arg: str, tfds_data_dir: str | None 
     return JobInputs(patterns=tuple(paths))
 
 
-class _LineParse:
-    def __init__(self, parser):
-        self._parser = parser
+@dataclasses.dataclass(frozen=True)
+class _Source:
+    """How the job reads and parses its input: the rows' reader, parse function, encoding and
+    chunk reader, and for MovieLens the users and movies tables the ratings are joined with."""
 
-    def __call__(self, text, line_no):
-        return self._parser(text, line_no)
+    inputs: JobInputs
+    fractions: tuple[float, float, float]
+    seed: int
+    parse: Callable
+    encoding: str | None
+    patterns: tuple[str, ...] = ()
+    chunk_reader: PlainChunkReader | None = None
+    tables: formats.MovieLensTables | None = None
 
+    @classmethod
+    def of(cls, spec: DatasetSpec, inputs: JobInputs, cfg: PreprocessConfig) -> "_Source":
+        split = cfg.split
+        common = dict(inputs=inputs, fractions=(split.train, split.valid, split.test),
+                      seed=split.seed)
+        if inputs.tfds_name:
+            return cls(parse=TfdsParse(spec, inputs.tfds_name, inputs.tfds_data_dir),
+                       encoding=None, **common)
+        if inputs.tables:
+            tables = formats.MovieLensTables(spec, spec.format)
+            return cls(parse=RatingParse(tables), encoding=tables.encodings["ratings"],
+                       patterns=(inputs.tables["ratings"],), tables=tables, **common)
+        parser = formats.line_parser(spec)
+        return cls(parse=LineParse(parser), encoding=parser.encoding,
+                   patterns=tuple(inputs.patterns),
+                   chunk_reader=PlainChunkReader.of(parser),  # None unless plain delimited
+                   **common)
 
-class _TableParse:
-    def __init__(self, method):
-        self._method = method
+    def read(self, only_split: int | None) -> beam.PTransform:
+        """The rows (of split `only_split`, or all), in chunks of CHUNK_ROWS."""
+        if self.inputs.tfds_name:
+            return reading.ReadTfds(self.inputs.tfds_name, self.fractions, self.seed,
+                                    only_split, self.inputs.tfds_data_dir, CHUNK_ROWS)
+        return reading.ReadWithLineNumbers(self.patterns, self.fractions, self.seed, only_split,
+                                           CHUNK_ROWS)
 
-    def __call__(self, text, line_no):
-        return self._method(text)
-
-
-class _RatingParse:
-    def __init__(self, tables: formats.MovieLensTables):
-        self._tables = tables
-
-    def __call__(self, text, line_no, users, movies):
-        return self._tables.parse_rating(text, users, movies)
-
-
-class _TfdsParse:
-    def __init__(self, spec: DatasetSpec, name: str, data_dir: str | None):
-        self._spec, self._name, self._data_dir = spec, name, data_dir
-        self._parser = None
-
-    def __call__(self, example, line_no):
-        if self._parser is None:
-            import tensorflow_datasets as tfds
-
-            info = tfds.builder(self._name, data_dir=self._data_dir).info
-            genres = info.features["movie_genres"].feature
-            self._parser = formats.TfdsMovieLensParser(self._spec, genres.int2str)
-        return self._parser(example)
+    def side_tables(self, p: beam.Pipeline) -> tuple[dict, list, list]:
+        """The MovieLens users and movies, parsed: (side inputs of `parse` by name, their dead
+        letters, their counts); nothing for other inputs."""
+        side, dead, counts = {}, [], []
+        if self.tables is None:
+            return side, dead, counts
+        for role, method in (("users", self.tables.parse_user),
+                             ("movies", self.tables.parse_movie)):
+            parsed = (p | f"Read{role.title()}" >> reading.ReadWithLineNumbers(
+                          [self.inputs.tables[role]], self.fractions, self.seed)
+                      | f"Parse{role.title()}" >> ParseSideTable(
+                          TableParse(method), self.tables.encodings[role]))
+            side[role] = beam.pvalue.AsDict(parsed.main)
+            dead.append(parsed[DEADLETTER])
+            counts.append(parsed[COUNTS])
+        return side, dead, counts
 
 
 def build(p: beam.Pipeline, spec: DatasetSpec, cfg: PreprocessConfig, inputs: JobInputs,
           out_dir: str) -> None:
     """Adds the whole job to pipeline `p`, writing into `out_dir`."""
-    fractions = (cfg.split.train, cfg.split.valid, cfg.split.test)
-    seed = cfg.split.seed
-    names = spec.field_names
-    min_counts = [spec.min_count(f) for f in spec.fields]
-    dead, counts, side, reader = [], [], {}, None
-
-    def read(label: str, only_split: int | None):
-        if inputs.tfds_name:
-            return p | label >> transforms.ReadTfds(inputs.tfds_name, fractions, seed,
-                                                    only_split, inputs.tfds_data_dir, CHUNK_ROWS)
-        return p | label >> transforms.ReadWithLineNumbers(patterns, fractions, seed, only_split,
-                                                           CHUNK_ROWS)
-
-    if inputs.tfds_name:
-        parse, encoding, patterns = _TfdsParse(spec, inputs.tfds_name, inputs.tfds_data_dir), None, ()
-    elif inputs.tables:
-        tables = formats.MovieLensTables(spec, spec.format)
-        for role, method in (("users", tables.parse_user), ("movies", tables.parse_movie)):
-            parsed = (p | f"Read{role.title()}" >> transforms.ReadWithLineNumbers(
-                          [inputs.tables[role]], fractions, seed)
-                      | f"Parse{role.title()}" >> transforms.ParseRecords(
-                          _TableParse(method), tables.encodings[role], count_prefix="side_",
-                          keyed=True))
-            side[role] = beam.pvalue.AsDict(parsed.main)
-            dead.append(parsed[transforms.DEADLETTER])
-            counts.append(parsed[transforms.COUNTS])
-        parse, encoding = _RatingParse(tables), tables.encodings["ratings"]
-        patterns = [inputs.tables["ratings"]]
-    else:
-        parser = formats.line_parser(spec)
-        parse, encoding, patterns = _LineParse(parser), parser.encoding, list(inputs.patterns)
-        reader = columnar.PlainChunkReader.of(parser)  # None unless plain delimited
+    names, min_counts = spec.field_names, [spec.min_count(f) for f in spec.fields]
+    source = _Source.of(spec, inputs, cfg)
+    side, dead, counts = source.side_tables(p)  # MovieLens: users and movies, by id
 
     # Pass 1: vocabularies from the training split.
-    vocabs = (read("ReadTrainingLines", 0)
-              | "ParseTrainingLines" >> transforms.ParseRecords(
-                  parse, encoding, report_counts=False, chunk_reader=reader, **side))["train"] \
-        | "ComputeVocabularies" >> transforms.ComputeVocabularies(names, min_counts)
-    counts.append(vocabs | "WriteVocabularies" >> transforms.WriteVocabularies(out_dir))
+    training = (p | "ReadTrainingLines" >> source.read(only_split=0)
+                | "ParseTrainingLines" >> ParseRecords(
+                    source.parse, source.encoding, report_counts=False,
+                    chunk_reader=source.chunk_reader, **side))
+    vocabs = training.train | "ComputeVocabularies" >> ComputeVocabularies(names, min_counts)
+    counts.append(vocabs | "WriteVocabularies" >> WriteVocabularies(out_dir))
 
     # Pass 2: every record, encoded (the vocabularies a side input), written per split.
-    encoded = (read("ReadLines", None)
-               | "ParseAndEncode" >> transforms.ParseRecords(
-                   parse, encoding, chunk_reader=reader, encode=(names, vocabs), **side))
-    dead.append(encoded[transforms.DEADLETTER])
-    counts.append(encoded[transforms.COUNTS])
+    encoded = (p | "ReadLines" >> source.read(only_split=None)
+               | "ParseAndEncode" >> ParseAndEncode(
+                   source.parse, source.encoding, names, vocabs,
+                   chunk_reader=source.chunk_reader, **side))
+    dead.append(encoded[DEADLETTER])
+    counts.append(encoded[COUNTS])
     for split in SPLITS:
-        _ = encoded[split] | f"Write{split.title()}" >> transforms.WriteTFRecordChunks(
+        _ = encoded[split] | f"Write{split.title()}" >> WriteTFRecordChunks(
             FileSystems.join(out_dir, split, "part"), file_name_suffix=".tfrecord.gz",
             num_shards=getattr(cfg.num_shards, split), gzip_level=cfg.compression_level)
 
+    # Dead letters and counts of every step.
     _ = (dead | "AllDeadLetters" >> beam.Flatten()
-         | "WriteDeadLetters" >> transforms.WriteDeadLetters(out_dir))
+         | "WriteDeadLetters" >> WriteDeadLetters(out_dir))
     _ = (counts | "AllCounts" >> beam.Flatten()
-         | "WriteCounts" >> transforms.WriteCounts(FileSystems.join(out_dir, COUNTS_FILE)))
-
-
-def summarize_counts(totals: dict[str, float], names: Sequence[str]) -> dict:
-    """The raw `_counts.json` totals -> the stats.json structure (without run metadata)."""
-    def get(key):
-        value = totals.get(key, 0)
-        return int(value) if float(value).is_integer() else value
-
-    written = {s: get(f"written/{s}") for s in SPLITS}
-    stats = {
-        "rows_read": get("read"),
-        "rows_written": written,
-        "rows_written_total": sum(written.values()),
-        "rows_deadlettered": get("deadletter"),
-        "lines_skipped": {"header": get("header"), "blank": get("blank")},
-        "side_tables": {"rows_read": get("side_read"),
-                        "rows_deadlettered": get("side_deadletter"),
-                        "lines_skipped": {"header": get("side_header"),
-                                          "blank": get("side_blank")}},
-        "label_rate": {s: (get(f"label_sum/{s}") / written[s] if written[s] else 0.0)
-                       for s in SPLITS},
-        "vocab_sizes": {n: get(f"vocab_size/{n}") for n in names},
-    }
-    total_read = stats["rows_read"] + stats["side_tables"]["rows_read"]
-    total_bad = stats["rows_deadlettered"] + stats["side_tables"]["rows_deadlettered"]
-    stats["bad_fraction"] = total_bad / total_read if total_read else 0.0
-    return stats
+         | "WriteCounts" >> WriteCounts(FileSystems.join(out_dir, COUNTS_FILE)))

@@ -37,7 +37,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from configs.cli import JobError, StrictArgumentParser, run_main
 from configs.features import DATASETS, SPLITS, DataSchema, FieldSchema
 from configs.preprocess import load_preprocess_config, resolve
-from preprocessing import job, output, transforms
+from preprocessing import counts, job, output, reading
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RUNNER_FLAGS = ("--runner", "--direct_running_mode", "--direct_num_workers")
@@ -113,7 +113,7 @@ def run(argv=None) -> JobResult:
         state = result.wait_until_finish()
         if state not in (None, "DONE", beam.runners.runner.PipelineState.DONE):
             raise JobFailed(f"pipeline finished in state {state}")
-        with FileSystems.open(FileSystems.join(tmp, job.COUNTS_FILE)) as fh:
+        with FileSystems.open(FileSystems.join(tmp, counts.COUNTS_FILE)) as fh:
             totals = json.loads(fh.read().decode())
     except BaseException as exc:
         failed = output.keep_failed(tmp, out)
@@ -125,7 +125,7 @@ def run(argv=None) -> JobResult:
             raise JobFailed(f"preprocessing of {inputs.describe()} failed: {exc}{where}") from exc
         raise
 
-    stats = job.summarize_counts(totals, spec.field_names)
+    stats = counts.summarize_counts(totals, spec.field_names)
     if stats["rows_read"] == 0:
         output.keep_failed(tmp, out)
         skipped = stats["lines_skipped"]
@@ -139,7 +139,7 @@ def run(argv=None) -> JobResult:
     stats.update({"dataset": args.dataset, "input": inputs.describe(), "output": out,
                   "config_hash": chash, "max_bad_fraction": cfg.max_bad_fraction})
     _write_text(FileSystems.join(tmp, "stats.json"), json.dumps(stats, indent=2, sort_keys=True))
-    FileSystems.delete([FileSystems.join(tmp, job.COUNTS_FILE)])
+    FileSystems.delete([FileSystems.join(tmp, counts.COUNTS_FILE)])
 
     if stats["bad_fraction"] > cfg.max_bad_fraction:
         failed = output.keep_failed(tmp, out)
@@ -160,7 +160,7 @@ def run(argv=None) -> JobResult:
     return JobResult(out, stats, schema, result)
 
 
-_DAMAGED = re.compile(re.escape(transforms.DAMAGED) + r" .*? complete lines were read")
+_DAMAGED = re.compile(re.escape(reading.DAMAGED) + r" .*? complete lines were read")
 
 
 def _damaged_input(exc: BaseException) -> str | None:

@@ -12,7 +12,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from configs.features import MISSING_TOKEN, dataset_spec
-from preprocessing import example_codec, transforms
+from preprocessing import encoding, example_codec, parsing, reading, vocabulary
 from preprocessing.columnar import PlainChunkEncoder, PlainChunkReader
 from preprocessing.formats import FieldEncoder, MalformedRecord, line_parser, split_index
 
@@ -188,8 +188,8 @@ def test_encode_all_long_examples_fall_back_to_encode():
 
 
 def test_decode_lines_keeps_undecodable_lines_for_the_row_parser():
-    assert transforms._decode_lines([b"a\tb", "\u00e9".encode()], "utf-8") == ["a\tb", "\u00e9"]
-    assert transforms._decode_lines([b"a", b"\xff\xfe", b"c"], "utf-8") == ["a", "", "c"]
+    assert parsing.decode_lines([b"a\tb", "\u00e9".encode()], "utf-8") == ["a\tb", "\u00e9"]
+    assert parsing.decode_lines([b"a", b"\xff\xfe", b"c"], "utf-8") == ["a", "", "c"]
 
 
 def test_parse_records_with_chunk_reader_equals_row_by_row():
@@ -204,21 +204,21 @@ def test_parse_records_with_chunk_reader_equals_row_by_row():
     lines += [text.encode() for text in _criteo_lines(300, seed=4, odd=0.0)]
     elements = [(i % 3, "f.txt", i + 1, raw) for i, raw in enumerate(lines)]
     chunks = [elements[i:i + 100] for i in range(0, len(elements), 100)]
-    line_chunks = [transforms.LineChunk("f.txt", [e[2] for e in c], [e[0] for e in c],
-                                        [e[3] for e in c]) for c in chunks]
-    from preprocessing.job import _LineParse
+    line_chunks = [reading.LineChunk("f.txt", [e[2] for e in c], [e[0] for e in c],
+                                     [e[3] for e in c]) for c in chunks]
+    from preprocessing.parsing import LineParse
 
     p = test_pipeline.TestPipeline(argv=INMEM)
     outputs = {}
-    reader = PlainChunkReader.of(line_parser(spec))
+    plain = PlainChunkReader.of(line_parser(spec))
     vocab = _vocabularies(spec, [raw.decode("utf-8", "replace") for raw in lines])
     vocab_in = p | "Vocab" >> beam.Create([vocab])
     encoder = example_codec.ExampleEncoder(spec.field_names, "label", vocab)
-    for name, reader, inputs in (("rows", None, chunks), ("chunks", reader, chunks),
-                                 ("linechunks", reader, line_chunks)):
+    for name, reader, inputs in (("rows", None, chunks), ("chunks", plain, chunks),
+                                 ("linechunks", plain, line_chunks)):
         parsed = (p | f"Create{name}" >> beam.Create(inputs)
-                  | f"Parse{name}" >> transforms.ParseRecords(
-                      _LineParse(line_parser(spec)), "utf-8", chunk_reader=reader))
+                  | f"Parse{name}" >> parsing.ParseRecords(
+                      LineParse(line_parser(spec)), "utf-8", chunk_reader=reader))
         outputs[name] = {
             split: parsed[split] | f"Flat{split}{name}" >> beam.FlatMap(lambda c: c)
             for split in ("train", "valid", "test")}
@@ -227,9 +227,9 @@ def test_parse_records_with_chunk_reader_equals_row_by_row():
         outputs[name]["counts"] = parsed.counts | f"Sum{name}" >> beam.CombinePerKey(sum)
         # the encoding pass over the same lines: per split, the bytes of the expected records
         encoded = (p | f"Again{name}" >> beam.Create(inputs)
-                   | f"Encode{name}" >> transforms.ParseRecords(
-                       _LineParse(line_parser(spec)), "utf-8", chunk_reader=reader,
-                       encode=(spec.field_names, vocab_in)))
+                   | f"Encode{name}" >> encoding.ParseAndEncode(
+                       LineParse(line_parser(spec)), "utf-8", spec.field_names, vocab_in,
+                       chunk_reader=reader))
         for split in ("train", "valid", "test"):
             outputs[name]["examples_" + split] = encoded[split] | f"FlatEx{split}{name}" >> (
                 beam.FlatMap(lambda examples: examples))
@@ -287,14 +287,14 @@ def test_line_blocks_equal_line_iteration(data, size):
     """Block reads give exactly the lines of `for line in fh` (each rstrip(b"\\r\\n")), for
     blocks that cut lines, CR LF and CR CR LF endings, blank lines and a last line without a
     newline."""
-    got = [line for block in transforms._line_blocks(io.BytesIO(data), size) for line in block]
+    got = [line for block in reading.line_blocks(io.BytesIO(data), size) for line in block]
     assert got == [line.rstrip(b"\r\n") for line in io.BytesIO(data)]
 
 
 def _read(pattern, only, chunk):
     p = test_pipeline.TestPipeline(argv=INMEM)
-    lines = (p | transforms.ReadWithLineNumbers([pattern], (0.8, 0.1, 0.1), 3, only, chunk)
-             | beam.FlatMap(lambda e: list(e) if isinstance(e, transforms.LineChunk) else [e])
+    lines = (p | reading.ReadWithLineNumbers([pattern], (0.8, 0.1, 0.1), 3, only, chunk)
+             | beam.FlatMap(lambda e: list(e) if isinstance(e, reading.LineChunk) else [e])
              | beam.Map(lambda t: (t[0], t[1].rsplit("/", 1)[-1], t[2], t[3])))
     return p, lines
 
@@ -331,11 +331,11 @@ def test_fast_path_vocab_and_examples_equal_row_path():
                        for i, v in enumerate(t.split("\t"))) for t in texts]
     assert sum(t.count("\t\t") for t in texts) > 100
     elements = [(i % 3 if i % 7 else 0, "f.txt", i + 1, t.encode()) for i, t in enumerate(texts)]
-    line_chunks = [transforms.LineChunk("f.txt", [e[2] for e in elements[i:i + 50]],
-                                        [e[0] for e in elements[i:i + 50]],
-                                        [e[3] for e in elements[i:i + 50]])
+    line_chunks = [reading.LineChunk("f.txt", [e[2] for e in elements[i:i + 50]],
+                                     [e[0] for e in elements[i:i + 50]],
+                                     [e[3] for e in elements[i:i + 50]])
                    for i in range(0, len(elements), 50)]
-    from preprocessing.job import _LineParse
+    from preprocessing.parsing import LineParse
 
     names = spec.field_names
     p = test_pipeline.TestPipeline(argv=INMEM)
@@ -343,14 +343,13 @@ def test_fast_path_vocab_and_examples_equal_row_path():
     for name, inputs, reader in (("rows", elements, None),
                                  ("fast", line_chunks, PlainChunkReader.of(line_parser(spec)))):
         lines_in = p | f"Create{name}" >> beam.Create(inputs)
-        parsed = lines_in | f"Parse{name}" >> transforms.ParseRecords(
-            _LineParse(line_parser(spec)), "utf-8", chunk_reader=reader)
-        vocabs = parsed.train | f"Vocab{name}" >> transforms.ComputeVocabularies(
+        parsed = lines_in | f"Parse{name}" >> parsing.ParseRecords(
+            LineParse(line_parser(spec)), "utf-8", chunk_reader=reader)
+        vocabs = parsed.train | f"Vocab{name}" >> vocabulary.ComputeVocabularies(
             names, [1] * len(names))
         out[name] = {"vocab": vocabs}
-        encoded = (lines_in | f"Encode{name}" >> transforms.ParseRecords(
-            _LineParse(line_parser(spec)), "utf-8", chunk_reader=reader,
-            encode=(names, vocabs)))
+        encoded = (lines_in | f"Encode{name}" >> encoding.ParseAndEncode(
+            LineParse(line_parser(spec)), "utf-8", names, vocabs, chunk_reader=reader))
         for split in ("train", "valid", "test"):
             out[name][split] = encoded[split] | f"Flat{split}{name}" >> beam.FlatMap(
                 lambda e: e)

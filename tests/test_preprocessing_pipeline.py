@@ -13,10 +13,11 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from configs.features import MISSING_TOKEN, DataSchema, dataset_spec
+from preprocessing import encoding, example_codec, parsing, vocabulary, writing
 from preprocessing import run as run_mod
-from preprocessing import example_codec, transforms
 from preprocessing.formats import line_parser
-from preprocessing.job import InputError, _LineParse
+from preprocessing.job import InputError
+from preprocessing.parsing import LineParse
 
 INMEM = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +49,7 @@ def _decode(raw, example_pb2):
             for k, v in ex.features.feature.items()}
 
 
-# ----------------------------------------------------------------------------- transforms
+# ----------------------------------------------------------------------------- PTransforms
 
 def test_parse_vocab_encode_golden_with_counters():
     """Hand-written Criteo lines through ParseRecords, ComputeVocabularies and ParseRecords
@@ -62,25 +63,26 @@ def test_parse_vocab_encode_golden_with_counters():
     elements.append((0, "f.txt", 9, b"\xff\xfe" + lines[0].encode()))
     p = test_pipeline.TestPipeline(argv=INMEM)
     lines_in = p | beam.Create(elements)
-    parsed = lines_in | "Count" >> transforms.ParseRecords(_LineParse(line_parser(spec)), "utf-8",
-                                                          report_counts=False)
+    parsed = lines_in | "Count" >> parsing.ParseRecords(LineParse(line_parser(spec)), "utf-8",
+                                                       report_counts=False)
     assert_that(parsed.train, equal_to([(("L2", "b"), 1.0), (("L2", "a"), 0.0),
                                         ((MISSING_TOKEN, "b"), 0.0), (("0", "c"), 1.0)]),
                 label="train")
     assert_that(parsed.deadletter | beam.Map(lambda d: (d["line"], d["reason"][:24])),
                 equal_to([(5, "field I1: non-numeric va"), (6, "expected 40 '\\t'-separat"),
                           (9, "undecodable bytes (utf-8")]), label="dead")
-    vocabs = parsed.train | transforms.ComputeVocabularies(["I1", "C1"], [1, 2])
+    vocabs = parsed.train | vocabulary.ComputeVocabularies(["I1", "C1"], [1, 2])
     # I1: L0 x2, 0 x1, __missing__ x1 (ties by bytes: "0" < "__missing__"); C1: only b reaches 2.
     assert_that(vocabs, equal_to([{"I1": [("L2", 2), ("0", 1), (MISSING_TOKEN, 1)],
                                    "C1": [("b", 2)]}]), label="vocab")
-    encoded = lines_in | "Encode" >> transforms.ParseRecords(
-        _LineParse(line_parser(spec)), "utf-8", encode=(["I1", "C1"], vocabs))
+    encoded = lines_in | "Encode" >> encoding.ParseAndEncode(
+        LineParse(line_parser(spec)), "utf-8", ["I1", "C1"], vocabs)
 
     def ids(raw):
         from tensorflow.core.example import example_pb2
         f = example_pb2.Example.FromString(raw).features.feature
-        return f["I1"].int64_list.value[0], f["C1"].int64_list.value[0], f["label"].float_list.value[0]
+        return (f["I1"].int64_list.value[0], f["C1"].int64_list.value[0],
+                f["label"].float_list.value[0])
 
     assert_that(encoded.train | beam.Map(len), equal_to([1] * 4), label="one_per_line")
     assert_that(encoded.train | beam.FlatMap(lambda examples: examples) | beam.Map(ids),
@@ -112,7 +114,8 @@ def test_criteo_run_outputs_schema_vocab_and_tfrecords(criteo_file, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("dataset: {default_min_count: 1}\nnum_shards: {train: 2}\n")
     out = tmp_path / "out"
-    res = _run("criteo", criteo_file, out, "--preprocess_config", str(cfg), "--max_bad_fraction", "0.1")
+    res = _run("criteo", criteo_file, out, "--preprocess_config", str(cfg),
+               "--max_bad_fraction", "0.1")
     st = json.loads((out / "stats.json").read_text())
     assert st["rows_read"] == 200 and st["rows_deadlettered"] == 1
     assert st["rows_written_total"] == 199 == sum(st["rows_written"].values())
@@ -183,7 +186,8 @@ def test_refusals_and_errors(criteo_file, tmp_path):
 
 def test_max_bad_fraction_fails_after_writing_dead_letters(criteo_file, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(run_mod.JobFailed, match=r"exceed max_bad_fraction 0.10%.*are in (\S+)") as info:
+    with pytest.raises(run_mod.JobFailed,
+                       match=r"exceed max_bad_fraction 0.10%.*are in (\S+)") as info:
         _run("criteo", criteo_file, out, "--max_bad_fraction", "0.001")
     assert not out.exists()
     failed = info.value.args[0].rsplit(" ", 1)[1]
@@ -217,7 +221,8 @@ def test_avazu_frappe_csv_runs(tmp_path):
     assert (res.stats["rows_read"], res.stats["rows_deadlettered"]) == (42, 1)
     assert res.schema.vocab_sizes == {n: 2 for n in res.schema.field_names}
 
-    (tmp_path / "d.tsv").write_text("y|a|n\n" + "".join(f"{i % 2}|t{i % 3}|{i}\n" for i in range(20)))
+    (tmp_path / "d.tsv").write_text("y|a|n\n"
+                                    + "".join(f"{i % 2}|t{i % 3}|{i}\n" for i in range(20)))
     cfg = tmp_path / "csv.yaml"
     cfg.write_text("dataset:\n  fields: [{name: a}, {name: n, kind: numeric}]\n"
                    "  columns: [y, a, n]\n  label_column: y\n  delimiter: '|'\n  header: true\n")
@@ -237,7 +242,8 @@ def test_movielens_100k_and_1m_runs(tmp_path):
     (d / "u1.base").write_text("ignored\n")
     cfg = tmp_path / "all_train.yaml"
     cfg.write_text("split: {train: 1.0, valid: 0.0, test: 0.0}\n")
-    res = _run("movielens-100k", d, tmp_path / "o1", "--max_bad_fraction", "0.3", "--preprocess_config", str(cfg))
+    res = _run("movielens-100k", d, tmp_path / "o1", "--max_bad_fraction", "0.3",
+               "--preprocess_config", str(cfg))
     st = res.stats
     assert (st["rows_read"], st["rows_written_total"], st["rows_deadlettered"]) == (4, 3, 1)
     assert st["side_tables"]["rows_read"] == 4
@@ -303,7 +309,8 @@ def test_movielens_tfds_path_with_mock_data(tmp_path):
     assert schema.read_vocab(out, "gender") == ["M", "F"]
     assert schema.read_vocab(out, "age") == ["25", "18"]
     dead = [json.loads(ln) for f in glob.glob(str(out / "deadletter" / "*")) for ln in open(f)]
-    assert [(d["line"], d["reason"]) for d in dead] == [(4, "rating np.float32(7.0) outside 0.5..5")]
+    assert [(d["line"], d["reason"]) for d in dead] == [
+        (4, "rating np.float32(7.0) outside 0.5..5")]
     recs, pb = _records(out / "train")
     assert sorted((r["userId"], r["movieId"], r["label"]) for r in map(
         lambda r: _decode(r, pb), recs)) == [(1, 1, 1.0), (1, 2, 1.0), (2, 1, 0.0)]
@@ -324,7 +331,7 @@ def test_chunked_elements_give_the_same_records_vocab_examples_and_counts(tmp_pa
     chunks = [elements[:3], elements[3:7], elements[7:]]
     p = test_pipeline.TestPipeline(argv=INMEM)
     chunks_in = p | beam.Create(chunks)
-    parsed = chunks_in | transforms.ParseRecords(_LineParse(line_parser(spec)), "utf-8")
+    parsed = chunks_in | parsing.ParseRecords(LineParse(line_parser(spec)), "utf-8")
     assert_that(parsed.train | "FlatTrain" >> beam.FlatMap(lambda chunk: chunk),
                 equal_to([(("L2", "b"), 1.0), ((MISSING_TOKEN, "b"), 0.0), (("0", "c"), 1.0)]),
                 label="train")
@@ -333,16 +340,17 @@ def test_chunked_elements_give_the_same_records_vocab_examples_and_counts(tmp_pa
                 equal_to([("f.txt", 5, "field I1"), ("f.txt", 6, "expected")]), label="dead")
     assert_that(parsed.counts | "SumCounts" >> beam.CombinePerKey(sum),
                 equal_to([("read", 7), ("deadletter", 2), ("blank", 1)]), label="counts")
-    vocabs = parsed.train | transforms.ComputeVocabularies(["I1", "C1"], [1, 2])
+    vocabs = parsed.train | vocabulary.ComputeVocabularies(["I1", "C1"], [1, 2])
     assert_that(vocabs, equal_to([{"I1": [("0", 1), ("L2", 1), (MISSING_TOKEN, 1)],
                                    "C1": [("b", 2)]}]), label="vocab")
-    encoded = chunks_in | "Encode" >> transforms.ParseRecords(
-        _LineParse(line_parser(spec)), "utf-8", encode=(["I1", "C1"], vocabs))
+    encoded = chunks_in | "Encode" >> encoding.ParseAndEncode(
+        LineParse(line_parser(spec)), "utf-8", ["I1", "C1"], vocabs)
 
     def ids(raw):
         from tensorflow.core.example import example_pb2
         f = example_pb2.Example.FromString(raw).features.feature
-        return f["I1"].int64_list.value[0], f["C1"].int64_list.value[0], f["label"].float_list.value[0]
+        return (f["I1"].int64_list.value[0], f["C1"].int64_list.value[0],
+                f["label"].float_list.value[0])
 
     assert_that(encoded.train | beam.FlatMap(lambda chunk: chunk) | beam.Map(ids),
                 equal_to([(2, 1, 1.0), (3, 1, 0.0), (1, 0, 1.0)]), label="ids")
@@ -354,8 +362,8 @@ def test_chunked_elements_give_the_same_records_vocab_examples_and_counts(tmp_pa
                           ("label_sum/valid", 1.0)]), label="written")
     records = [b"r%d" % i for i in range(10)]
     _ = (p | "Records" >> beam.Create([records])
-         | transforms.WriteTFRecordChunks(str(tmp_path / "w" / "part"), ".tfrecord.gz", 3,
-                                          "gzip"))
+         | writing.WriteTFRecordChunks(str(tmp_path / "w" / "part"), ".tfrecord.gz", 3,
+                                       "gzip"))
     p.run().wait_until_finish()
 
     files = sorted(glob.glob(str(tmp_path / "w" / "part-*-of-00003.tfrecord.gz")))
@@ -379,10 +387,10 @@ def test_gzip_writer_isal_for_low_levels_zlib_otherwise_same_records(tmp_path, l
     from isal import igzip
 
     framed = example_codec.TFRecordFramer().frame([b"record %d" % i * (i % 7) for i in range(500)])
-    assert transforms.gzip_class(level) is (igzip.IGzipFile if level <= 3 else gzip.GzipFile)
+    assert writing.gzip_class(level) is (igzip.IGzipFile if level <= 3 else gzip.GzipFile)
 
     def write(path):
-        handle = transforms._GzipFile(open(path, "wb"), level)
+        handle = writing.GzipFile(open(path, "wb"), level)
         handle.write(framed)
         handle.close()
         return path.read_bytes()
@@ -393,5 +401,5 @@ def test_gzip_writer_isal_for_low_levels_zlib_otherwise_same_records(tmp_path, l
     got = [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "a.tfrecord.gz"), "GZIP")]
     assert got == [b"record %d" % i * (i % 7) for i in range(500)]
     monkeypatch.setitem(sys.modules, "isal", None)  # not installed
-    assert transforms.gzip_class(level) is gzip.GzipFile
+    assert writing.gzip_class(level) is gzip.GzipFile
     assert gzip.decompress(write(tmp_path / "c.tfrecord.gz")) == framed

@@ -1,8 +1,10 @@
 """The preprocessing job's safety rules: --overwrite replaces only a directory the job wrote,
 damaged (truncated/corrupt) compressed input and empty input fail the job, leftovers of killed
 runs are cleaned up (only the job's own), and outputs follow the umask."""
+import bz2
 import gzip
 import json
+import lzma
 import os
 import stat
 import subprocess
@@ -27,7 +29,7 @@ def _criteo_rows(n):
 
 
 def _run(inp, out, *extra, runner=INMEM):
-    return run_mod.run(["--dataset", "criteo", "--input", str(inp), "--output", str(out),
+    return run_mod.run(["--dataset", "criteo", "--input", str(inp), "--data_dir", str(out),
                         *extra, *runner])
 
 
@@ -151,6 +153,21 @@ def test_corrupt_gzip_fails_naming_file_and_lines(gz_data, tmp_path):
     good = tmp_path / "good.txt.gz"
     good.write_bytes(gz_data)
     assert _run(good, out, "--max_bad_fraction", "0.5").stats["rows_read"] == 2000
+
+
+@pytest.mark.parametrize("suffix,compress", [(".bz2", bz2.compress), (".xz", lzma.compress)])
+def test_bz2_and_xz_inputs_read_in_full_and_fail_when_truncated(suffix, compress, tmp_path):
+    rows = _criteo_rows(500)
+    data = compress(("\n".join(rows) + "\n").encode())
+    path = tmp_path / f"day0.txt{suffix}"
+    path.write_bytes(data)
+    res = _run(path, tmp_path / "out", "--max_bad_fraction", "0.5")
+    assert res.stats["rows_read"] == 500
+    cut = tmp_path / f"cut.txt{suffix}"
+    cut.write_bytes(data[:len(data) // 2])
+    with pytest.raises(run_mod.JobFailed, match=rf"^damaged input file {cut}: "):
+        _run(cut, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
 
 
 # ----------------------------------------------------------------------------- 3. empty input
