@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from configs.cli import StrictArgumentParser
+from configs.experiment import MLP_INPUTS
 
 # Most fields small, a few wide (the shape of the paper's Table 4 selections).
 AUTODIM_PATTERN = [2, 4, 2, 8, 2, 2, 4, 8, 2, 32, 2, 4, 2, 2, 8, 2, 24, 4, 2, 2]
@@ -96,11 +97,11 @@ def time_calls(fns: dict, inputs, calls: int, warmup: int) -> dict[str, tuple[fl
 
 def main(argv=None) -> int:
     parser = StrictArgumentParser(prog="python -m benchmarks.serving",
-                                     description=__doc__.split("\n\n")[0])
+                                  description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20000, help="synthetic raw rows")
     parser.add_argument("--calls_b1", type=int, default=300)
     parser.add_argument("--calls_b2000", type=int, default=100)
-    parser.add_argument("--mlp_input", choices=("raw", "unified"), default="raw",
+    parser.add_argument("--mlp_input", choices=MLP_INPUTS, default="raw",
                         help="the AutoDim model's MLP input (retrain's default: raw)")
     parser.add_argument("--no_fold", action="store_true",
                         help="export the unified AutoDim model without folding its projections")
@@ -130,7 +131,8 @@ def main(argv=None) -> int:
         print(f"data: {args.rows} rows, {m} fields, total vocab "
               f"{sum(f.vocab_size for f in schema.fields):,} ({time.perf_counter() - t0:.0f}s); "
               f"AutoDim dims {ad_dims}")
-        variants = {"autodim": (ad_dims, "linear", args.mlp_input), "fde32": ([FDE_DIM] * m, "zero_pad", "unified")}
+        variants = {"autodim": (ad_dims, "linear", args.mlp_input),
+                    "fde32": ([FDE_DIM] * m, "zero_pad", "unified")}
         rows = raw_test_rows(raw, names)
         big = [rows[i % len(rows)] for i in range(2000)]
         batches = {1: {n: tf.constant([rows[0][k]]) for k, n in enumerate(names)},
@@ -138,15 +140,17 @@ def main(argv=None) -> int:
         results, fns = {}, {}
         for name, (dims, unify, mlp_input) in variants.items():
             model_dir = build_model_dir(data, root / f"model_{name}", dims, unify, mlp_input)
-            version = export(model_dir, root / "exports", name, fold=not args.no_fold, log=lambda *_: None)
+            version = export(model_dir, root / "exports", name, fold=not args.no_fold,
+                             log=lambda *_: None)
             fns[name] = tf.saved_model.load(str(version)).signatures["serving_default"]
-            emb = sum(f.vocab_size * d for f, d in zip(schema.fields, dims))
+            emb = sum(f.vocab_size * d for f, d in zip(schema.fields, dims, strict=True))
             results[name] = {"size": du(version), "params": emb, "unify": unify}
         for b, calls in ((1, args.calls_b1), (2000, args.calls_b2000)):
             for name, timing in time_calls(fns, batches[b], calls, warmup=10).items():
                 results[name][f"b{b}"] = timing
         for name, r in results.items():
-            print(f"{name:8s} unify={r['unify']:8s} embedding params {r['params']:>9,}  size {r['size']:>10,} B"
+            print(f"{name:8s} unify={r['unify']:8s} embedding params {r['params']:>9,}  "
+                  f"size {r['size']:>10,} B"
                   f"  b1 median {r['b1'][0]:.2f} ms p99 {r['b1'][1]:.2f} ms"
                   f"  b2000 median {r['b2000'][0]:.1f} ms p99 {r['b2000'][1]:.1f} ms")
         ad, fde = results["autodim"], results["fde32"]

@@ -8,12 +8,33 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Any, Literal
 
-from configs.loader import (ConfigError, config_hash, from_dict, load_yaml, merge,
-                            parse_set_overrides, to_dict)
+from configs.loader import (
+    ConfigError,
+    config_hash,
+    from_dict,
+    load_yaml,
+    merge,
+    parse_set_overrides,
+    to_dict,
+)
 
+# The model choices, defined here once: models/ (the layers validating their arguments, the
+# backbone registry) and pipeline/ import them from this module.
 BACKBONES = ("fm", "wide_deep", "deepfm", "nfm", "ipnn", "autoint", "dcn_v2")
+Lookup = Literal["weight_sharing", "separate"]
+Unify = Literal["linear", "zero_pad"]
+CandidateNorm = Literal["batchnorm", "batchnorm_affine", "none"]
+MlpInput = Literal["raw", "unified"]
+LOOKUPS: tuple[str, ...] = typing.get_args(Lookup)
+UNIFIES: tuple[str, ...] = typing.get_args(Unify)
+CANDIDATE_NORMS: tuple[str, ...] = typing.get_args(CandidateNorm)
+MLP_INPUTS: tuple[str, ...] = typing.get_args(MlpInput)
+EmbeddingOptimizer = Literal["lazy_adam", "adam"]  # search and retraining alike
+Derive = Literal["argmax", "validated"]
+DeriveDirection = Literal["up", "both"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,22 +44,24 @@ class ModelConfig:
 
     backbone: str = "deepfm"
     candidate_dims: tuple[int, ...] = (2, 8, 16, 24, 32)
-    lookup: Literal["weight_sharing", "separate"] = "weight_sharing"
-    unify: Literal["linear", "zero_pad"] = "linear"
+    lookup: Lookup = "weight_sharing"
+    unify: Unify = "linear"
     # "batchnorm" is the paper's (no affine); "batchnorm_affine" keeps candidates
     # magnitude-comparable without inflating inner products; "none" skips it. The dataclass
     # defaults are the paper's AD-2 shape (linear) with the affine BN; every adaptive preset
     # (default, the dataset presets, synthetic) searches with unify=zero_pad, candidate_norm=none.
-    candidate_norm: Literal["batchnorm", "batchnorm_affine", "none"] = "batchnorm_affine"
+    candidate_norm: CandidateNorm = "batchnorm_affine"
     mlp_units: tuple[int, ...] = (128, 128)
     dropout: float = 0.2
 
     def __post_init__(self):
         if self.backbone not in BACKBONES:
-            raise ConfigError(f"model.backbone: unknown {self.backbone!r}; known: {', '.join(BACKBONES)}")
+            raise ConfigError(f"model.backbone: unknown {self.backbone!r}; known: "
+                              f"{', '.join(BACKBONES)}")
         dims = list(self.candidate_dims)
         if not dims or any(d <= 0 for d in dims) or dims != sorted(set(dims)):
-            raise ConfigError(f"model.candidate_dims must be positive and strictly increasing, got {dims}")
+            raise ConfigError(f"model.candidate_dims must be positive and strictly increasing, "
+                              f"got {dims}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -92,18 +115,18 @@ class SearchConfig:
     arch_lr_budget: float = 0.0
     param_cost: float = 0.0
     param_cost_weighting: Literal["field", "params"] = "field"
-    embedding_optimizer: Literal["lazy_adam", "adam"] = "lazy_adam"
+    embedding_optimizer: EmbeddingOptimizer = "lazy_adam"
     steps_per_call: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     eval_every: int = 0  # steps between validation evaluations; 0 = once per epoch
     seed: int = 0
     shuffle_buffer: int = 100_000
-    derive: Literal["argmax", "validated"] = "argmax"
+    derive: Derive = "argmax"
     derive_max_rows: int = 50_000
     derive_z: float = 2.0
     derive_sweeps: int = 2
-    derive_direction: Literal["up", "both"] = "up"
+    derive_direction: DeriveDirection = "up"
 
     def __post_init__(self):
         checks = {
@@ -116,14 +139,15 @@ class SearchConfig:
             "pretrain_steps": self.pretrain_steps >= 0, "search_steps": self.search_steps >= 0,
             "temperature_min": 0 < self.temperature_min <= 1,
             "temperature_decay": self.temperature_decay > 0,
-            "steps_per_call": self.steps_per_call >= 1, "checkpoint_every": self.checkpoint_every >= 1,
+            "steps_per_call": self.steps_per_call >= 1,
+            "checkpoint_every": self.checkpoint_every >= 1,
             "keep_checkpoints": self.keep_checkpoints >= 1, "eval_every": self.eval_every >= 0,
             "shuffle_buffer": self.shuffle_buffer >= 1,
-            "derive": self.derive in ("argmax", "validated"),
+            "derive": self.derive in typing.get_args(Derive),
             "derive_max_rows": self.derive_max_rows >= 1,
             "derive_z": math.isfinite(self.derive_z) and self.derive_z >= 0,
             "derive_sweeps": self.derive_sweeps >= 1,
-            "derive_direction": self.derive_direction in ("up", "both"),
+            "derive_direction": self.derive_direction in typing.get_args(DeriveDirection),
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -137,14 +161,14 @@ class RetrainConfig:
 
     batch_size: int = 2000
     learning_rate: float = 1e-3
-    unify: Literal["linear", "zero_pad"] = "linear"
+    unify: Unify = "linear"
     # DeepFM / W&D: the MLP reads the raw mixed-dim embeddings ([B, sum d]) instead of the unified
     # ones: same function class, cheaper MLP, and W&D needs no projection (models.ctr_model).
-    mlp_input: Literal["raw", "unified"] = "raw"
+    mlp_input: MlpInput = "raw"
     max_epochs: float = 30.0
     patience: int = 2  # evaluations without validation-AUC improvement before stopping
     eval_every: int = 0  # steps between validation evaluations; 0 = once per epoch
-    embedding_optimizer: Literal["lazy_adam", "adam"] = "lazy_adam"
+    embedding_optimizer: EmbeddingOptimizer = "lazy_adam"
     steps_per_call: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -175,7 +199,8 @@ class ExperimentConfig:
 # the value of each candidate's extra columns (README, "Making the search work", item 5).
 _ADAPTIVE = {"model": {"unify": "zero_pad", "candidate_norm": "none"},
              "search": {"temperature": "anneal", "min_arch_updates": 1000,
-                        "arch_lr_budget": 3.0, "param_cost": 0.05, "param_cost_weighting": "params"}}
+                        "arch_lr_budget": 3.0, "param_cost": 0.05,
+                        "param_cost_weighting": "params"}}
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"model": {"candidate_norm": "batchnorm"}},
     "default": _ADAPTIVE,
@@ -251,6 +276,7 @@ def preset_for_dataset(dataset: str) -> str:
     return dataset if dataset in PRESETS else "default"
 
 
-__all__ = ["ModelConfig", "SearchConfig", "RetrainConfig", "ExperimentConfig", "PRESETS",
-           "resolve", "preset_for_dataset", "from_dict", "run_hash", "retrain_hash", "POST_SEARCH_KEYS",
+__all__ = ["BACKBONES", "LOOKUPS", "UNIFIES", "CANDIDATE_NORMS", "MLP_INPUTS", "ModelConfig",
+           "SearchConfig", "RetrainConfig", "ExperimentConfig", "PRESETS", "resolve",
+           "preset_for_dataset", "from_dict", "run_hash", "retrain_hash", "POST_SEARCH_KEYS",
            "RETRAIN_MODEL_KEYS", "SEARCH_EMBEDDINGS"]

@@ -17,10 +17,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from configs.experiment import MLP_INPUTS
 from models.linear import FirstOrder
-
-
-MLP_INPUTS = ("unified", "raw")
 
 
 def _exclude(variables, excluded) -> list:
@@ -32,11 +30,13 @@ def _exclude(variables, excluded) -> list:
 class CTRModel(keras.Model):
     """int ids [B, M] -> logits [B] (no sigmoid; use `predict_proba` for probabilities)."""
 
-    def __init__(self, embedding: keras.layers.Layer, backbone: keras.layers.Layer, vocab_sizes, first_order: bool = True,
-                 mlp_input: str = "unified", **kwargs):
+    def __init__(self, embedding: keras.layers.Layer, backbone: keras.layers.Layer, vocab_sizes,
+                 first_order: bool = True, mlp_input: str = "unified", **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(embedding, keras.layers.Layer) or not hasattr(embedding, "embedding_variables"):
-            raise ValueError(f"CTRModel: embedding must be an embedding layer with embedding_variables, got {embedding!r}")
+        if (not isinstance(embedding, keras.layers.Layer)
+                or not hasattr(embedding, "embedding_variables")):
+            raise ValueError(f"CTRModel: embedding must be an embedding layer with "
+                             f"embedding_variables, got {embedding!r}")
         if not isinstance(backbone, keras.layers.Layer):
             raise ValueError(f"CTRModel: backbone must be a keras Layer, got {backbone!r}")
         if not isinstance(first_order, bool):
@@ -51,13 +51,15 @@ class CTRModel(keras.Model):
             raise ValueError(f"CTRModel: mlp_input must be one of {MLP_INPUTS}, got {mlp_input!r}")
         if mlp_input == "raw":
             if not hasattr(embedding, "raw_fields"):
-                raise ValueError(f"CTRModel: mlp_input='raw' needs a mixed-dimension (re-training) embedding, "
-                                 f"got {type(embedding).__name__}")
+                raise ValueError(f"CTRModel: mlp_input='raw' needs a mixed-dimension "
+                                 f"(re-training) embedding, got {type(embedding).__name__}")
             want = sum(embedding.dims)
-            if not getattr(backbone, "raw_mlp_input", False) or getattr(backbone, "mlp_input_dim", None) != want:
+            if (not getattr(backbone, "raw_mlp_input", False)
+                    or getattr(backbone, "mlp_input_dim", None) != want):
                 raise ValueError(
-                    f"CTRModel: mlp_input='raw' needs a backbone whose MLP reads the flattened embeddings, "
-                    f"built with mlp_input_dim=sum(dims)={want}; got {type(backbone).__name__} with "
+                    f"CTRModel: mlp_input='raw' needs a backbone whose MLP reads the flattened "
+                    f"embeddings, built with mlp_input_dim=sum(dims)={want}; got "
+                    f"{type(backbone).__name__} with "
                     f"mlp_input_dim={getattr(backbone, 'mlp_input_dim', None)!r}"
                 )
         self.mlp_input = mlp_input
@@ -82,7 +84,8 @@ class CTRModel(keras.Model):
             columns = self.embedding.raw_fields(ids)
             flat = tf.concat(columns, axis=1)  # [B, sum d_m]
             if self.backbone.uses_field_embeddings:
-                logits = self.backbone(self.embedding.unify_fields(columns), training=training, mlp_features=flat)
+                logits = self.backbone(self.embedding.unify_fields(columns), training=training,
+                                       mlp_features=flat)
             else:
                 logits = self.backbone(flat, training=training)
         else:

@@ -10,8 +10,8 @@ gathers plus a concat, a reorder gather and a transpose (serving latency, README
 Design choice: with `unify="linear"` every field is projected, including fields whose dim already
 equals `output_dim`. The paper's Eq. 1 transforms every candidate including d_N, so the re-trained
 model has the same function class as the searched one. With `unify="zero_pad"` a field of width
-`output_dim` is used as is, so all-equal dims with `zero_pad` is a plain embedding (the fast FDE path,
-see `FixedEmbedding`).
+`output_dim` is used as is, so all-equal dims with `zero_pad` is a plain embedding (the fast FDE
+path, see `FixedEmbedding`).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from configs.experiment import UNIFIES
 from models._tables import FieldTables
 from models._validation import (
     check_choice,
@@ -29,8 +30,6 @@ from models._validation import (
     check_vocab_sizes,
     get_embeddings_initializer,
 )
-
-UNIFIES = ("linear", "zero_pad")
 
 
 @keras.saving.register_keras_serializable(package="autodim")
@@ -54,15 +53,17 @@ class MixedDimEmbedding(keras.layers.Layer):
         self.dims = check_dim_list(owner, "dims", dims, increasing=False)
         if len(self.dims) != len(self.vocab_sizes):
             raise ValueError(
-                f"{owner}: dims has {len(self.dims)} entries but vocab_sizes has {len(self.vocab_sizes)} fields "
-                f"(dims={list(self.dims)})"
+                f"{owner}: dims has {len(self.dims)} entries but vocab_sizes has "
+                f"{len(self.vocab_sizes)} fields (dims={list(self.dims)})"
             )
-        self.output_dim = max(self.dims) if output_dim is None else check_positive_int(owner, "output_dim", output_dim)
+        self.output_dim = (max(self.dims) if output_dim is None
+                           else check_positive_int(owner, "output_dim", output_dim))
         self._output_dim_arg = output_dim
         self.unify = check_choice(owner, "unify", unify, UNIFIES)
         if self.unify == "zero_pad" and self.output_dim < max(self.dims):
             raise ValueError(
-                f"{owner}: unify='zero_pad' needs output_dim >= max(dims)={max(self.dims)}, got output_dim={output_dim}"
+                f"{owner}: unify='zero_pad' needs output_dim >= max(dims)={max(self.dims)}, "
+                f"got output_dim={output_dim}"
             )
         self.embeddings_initializer = get_embeddings_initializer(embeddings_initializer)
         self._tables = FieldTables(self.vocab_sizes, self.dims, owner)
@@ -70,18 +71,21 @@ class MixedDimEmbedding(keras.layers.Layer):
     def build(self, input_shape):
         num_fields = len(self.vocab_sizes)
         if len(input_shape) != 2 or (input_shape[1] is not None and input_shape[1] != num_fields):
-            raise ValueError(f"{self._owner}: expected ids of shape [batch, {num_fields}], got {tuple(input_shape)}")
+            raise ValueError(f"{self._owner}: expected ids of shape [batch, {num_fields}], "
+                             f"got {tuple(input_shape)}")
         self._tables.create(self, self.embeddings_initializer)
         self.kernels, self.biases = [], []
         if self.unify == "linear":
             for group in self._tables.groups:
                 limit = float(np.sqrt(6.0 / (group.width + self.output_dim)))
                 self.kernels.append(self.add_weight(
-                    name=f"transform_kernel_w{group.width}", shape=(len(group.fields), group.width, self.output_dim),
+                    name=f"transform_kernel_w{group.width}",
+                    shape=(len(group.fields), group.width, self.output_dim),
                     initializer=keras.initializers.RandomUniform(-limit, limit),
                 ))
                 self.biases.append(self.add_weight(
-                    name=f"transform_bias_w{group.width}", shape=(len(group.fields), self.output_dim),
+                    name=f"transform_bias_w{group.width}",
+                    shape=(len(group.fields), self.output_dim),
                     initializer="zeros",
                 ))
 
@@ -100,7 +104,8 @@ class MixedDimEmbedding(keras.layers.Layer):
     def call(self, ids, training=None):
         tables = self._tables
         if self.unify == "zero_pad" and len(tables.groups) == 1:
-            (out,) = tables.lookup(tables.check_ids(ids))  # one width: a plain embedding (the FDE path)
+            # One width: a plain embedding (the FDE path).
+            (out,) = tables.lookup(tables.check_ids(ids))
             if tables.groups[0].width < self.output_dim:
                 out = tf.pad(out, [[0, 0], [0, 0], [0, self.output_dim - tables.groups[0].width]])
             return out
@@ -116,7 +121,7 @@ class MixedDimEmbedding(keras.layers.Layer):
         kernels = [tf.convert_to_tensor(k) for k in self.kernels]
         biases = [tf.convert_to_tensor(b) for b in self.biases]
         out = []
-        for (gi, j), rows in zip(tables.slots, columns):
+        for (gi, j), rows in zip(tables.slots, columns, strict=True):
             if self.unify == "linear":
                 rows = tf.matmul(rows, kernels[gi][j]) + biases[gi][j]
             elif tables.groups[gi].width < self.output_dim:

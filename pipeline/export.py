@@ -40,11 +40,10 @@ import time
 from pathlib import Path
 
 from configs.cli import StrictArgumentParser, UsageError, run_main
-from configs.features import SCHEMA_FILE, DataSchema, DatasetSpec, MISSING_TOKEN
+from configs.features import MISSING_TOKEN, SCHEMA_FILE, DataSchema, DatasetSpec
 from configs.loader import ConfigError, from_dict
+from pipeline.retrain import MODEL_FILE, SPEC_FILE
 
-MODEL_FILE = "model.keras"
-SPEC_FILE = "model_spec.json"
 WARMUP_FILE = "tf_serving_warmup_requests"
 EXPORT_INFO = "export.json"
 DEFAULT_WARMUP_ROWS = 8
@@ -153,7 +152,7 @@ def raw_rows_from_inputs(schema: DataSchema, data_dir: Path, n: int) -> tuple[li
 def raw_rows_from_vocab(schema: DataSchema, data_dir: Path, n: int) -> list[dict]:
     """n synthetic raw rows: row k takes each field's k-th most frequent token (cycling); a
     numeric token becomes a raw number of its bucket, MISSING_TOKEN an empty string."""
-    from pipeline.serving import synthetic_numeric_raw
+    from pipeline.token_ops import synthetic_numeric_raw
 
     vocabs = {f.name: schema.read_vocab(data_dir, f.name) for f in schema.fields}
     rows = []
@@ -175,7 +174,7 @@ def write_warmup(path: Path, model_name: str, rows: list[dict], field_names) -> 
     import tensorflow as tf
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from pipeline.serving import build_predict_request
+    from pipeline.serving_client import build_predict_request
 
     batches = [[r] for r in rows] + ([rows] if len(rows) > 1 else [])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +206,8 @@ def load_keras_model(model_dir: Path):
 
 
 def build_module(model, schema: DataSchema, data_dir: Path, extra_assets=()):
-    from pipeline.serving import huge_negative_tokens, make_serving_module, max_log_bucket
+    from pipeline.serving_module import make_serving_module
+    from pipeline.token_ops import huge_negative_tokens, max_log_bucket
 
     fields, max_bucket = [], 0
     for f in schema.fields:
@@ -275,12 +275,7 @@ def export(model_dir: str | Path, export_dir: str | Path, name: str | None = Non
     remove_dead_leftovers(base, log)
     tmp = base / f".tmp-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
     try:
-        signatures = {
-            "serving_default": module.serving_default,
-            "serving_tf_example": module.serving_tf_example,
-            "transform": module.transform,
-        }
-        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        tf.saved_model.save(module, str(tmp), signatures=module.signature_functions())
         rows, source = raw_rows_from_inputs(schema, data_dir, warmup_rows)
         if rows:
             warmup_source = f"real rows from {source}"
@@ -321,7 +316,8 @@ def main(argv=None) -> int:
                         help="preprocessing output (default: model_spec.json's data_dir)")
     parser.add_argument("--warmup_rows", type=int, default=DEFAULT_WARMUP_ROWS)
     parser.add_argument("--no_fold", action="store_true",
-                        help="export the model as trained (no folding of the MLP input projections)")
+                        help="export the model as trained (no folding of the MLP input "
+                             "projections)")
     args = parser.parse_args(argv)
     if args.warmup_rows < 1:
         parser.error(f"--warmup_rows must be >= 1, got {args.warmup_rows}")

@@ -40,6 +40,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import gzip
@@ -105,6 +106,51 @@ def load_dataset_spec(version_dir: Path, dataset: str | None) -> tuple[DatasetSp
     return spec, list(schema.field_names)
 
 
+def _labelled_layout(spec: DatasetSpec, parser) -> tuple[int, str]:
+    """(column count of a labelled line, what the count counts) of a line format."""
+    from preprocessing.formats import AVAZU_COLUMNS
+
+    return {
+        "criteo": (40, "tab-separated columns"),
+        "avazu": (len(AVAZU_COLUMNS), "comma-separated columns"),
+        "frappe": (len(parser.columns) + 1, "whitespace-separated tokens"),
+        "csv": (len(spec.columns), f"{spec.delimiter!r}-separated columns"),
+    }[spec.format]
+
+
+def _split_line(spec: DatasetSpec, text: str) -> list[str]:
+    """A raw line's columns (tokens for frappe), whatever their count."""
+    if spec.format == "criteo":
+        return text.split("\t")
+    if spec.format == "avazu":
+        return text.split(",")
+    if spec.format == "frappe":
+        return text.split()
+    from preprocessing.formats import MalformedRecord
+    try:
+        return next(csv.reader([text], delimiter=spec.delimiter, strict=True))
+    except (csv.Error, StopIteration) as exc:
+        raise MalformedRecord(f"unreadable delimited line: {exc}") from None
+
+
+def _with_dummy_label(spec: DatasetSpec, values: list[str]) -> str:
+    """An unlabelled line in the labelled layout (a placeholder label inserted)."""
+    fmt = spec.format
+    if fmt == "criteo":
+        return "\t".join(["0"] + values)
+    if fmt == "avazu":
+        return ",".join(values[:1] + ["0"] + values[1:])
+    if fmt == "frappe":
+        return " ".join(["0"] + values)
+    label_at = spec.columns.index(spec.label_column)
+    values = list(values)
+    values.insert(label_at, spec.negative_labels[0] if spec.negative_labels
+                  else spec.positive_labels[0])
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=spec.delimiter, lineterminator="").writerow(values)
+    return buf.getvalue()
+
+
 class RowReader:
     """One raw line -> ({field: raw value}, label or None); None for a header line.
 
@@ -113,25 +159,19 @@ class RowReader:
     found counts. Raises MalformedRecord (reason) for any line that cannot be read."""
 
     def __init__(self, spec: DatasetSpec, field_names: list[str]):
-        from preprocessing.formats import AVAZU_COLUMNS, line_parser
+        from preprocessing.formats import AVAZU_COLUMNS, LINE_PARSERS, line_parser
 
-        if spec.format not in ("criteo", "avazu", "frappe", "csv"):
+        if spec.format not in LINE_PARSERS:
             raise PredictError(f"format {spec.format!r} of dataset {spec.name} is not a "
-                               f"single-file line format; batch prediction supports criteo, "
-                               f"avazu, frappe and csv")
+                               f"single-file line format; batch prediction supports "
+                               f"{', '.join(LINE_PARSERS)}")
         self.parser = line_parser(spec)
         self.format = spec.format
         self.spec = spec
         self._index = [(self.parser.columns.index(n), n) for n in field_names]
         self._avazu_headers = (",".join(AVAZU_COLUMNS),
                                ",".join(c for c in AVAZU_COLUMNS if c != "click"))
-        # (column count of a labelled line, what the count counts)
-        self.labelled_count, self.unit = {
-            "criteo": (40, "tab-separated columns"),
-            "avazu": (len(AVAZU_COLUMNS), "comma-separated columns"),
-            "frappe": (len(self.parser.columns) + 1, "whitespace-separated tokens"),
-            "csv": (len(spec.columns), f"{spec.delimiter!r}-separated columns"),
-        }[spec.format]
+        self.labelled_count, self.unit = _labelled_layout(spec, self.parser)
         self.start_file()
 
     def start_file(self) -> None:
@@ -139,45 +179,11 @@ class RowReader:
         self.has_label: bool | None = None
         self.layout_line = 0
 
-    def _split(self, text: str) -> list[str]:
-        if self.format == "criteo":
-            return text.split("\t")
-        if self.format == "avazu":
-            return text.split(",")
-        if self.format == "frappe":
-            return text.split()
-        from preprocessing.formats import MalformedRecord
-        try:
-            return next(csv.reader([text], delimiter=self.spec.delimiter, strict=True))
-        except (csv.Error, StopIteration) as exc:
-            raise MalformedRecord(f"unreadable delimited line: {exc}") from None
-
-    def _with_dummy_label(self, values: list[str]) -> str:
-        """An unlabelled line in the labelled layout (a placeholder label inserted)."""
-        fmt = self.format
-        if fmt == "criteo":
-            return "\t".join(["0"] + values)
-        if fmt == "avazu":
-            return ",".join(values[:1] + ["0"] + values[1:])
-        if fmt == "frappe":
-            return " ".join(["0"] + values)
-        label_at = self.spec.columns.index(self.spec.label_column)
-        values = list(values)
-        values.insert(label_at, self.spec.negative_labels[0] if self.spec.negative_labels
-                      else self.spec.positive_labels[0])
-        buf = io.StringIO()
-        csv.writer(buf, delimiter=self.spec.delimiter, lineterminator="").writerow(values)
-        return buf.getvalue()
-
-    def __call__(self, text: str, line_no: int):
+    def _check_layout(self, n: int, line_no: int) -> None:
+        """Fixes the file's layout on its first data line; refuses a line of another count."""
         from preprocessing.formats import MalformedRecord
 
-        if self.format == "avazu" and text.strip() in self._avazu_headers:
-            return None
-        if self.format == "csv" and self.spec.header and line_no == 1:
-            return None
-        values = self._split(text)
-        n, full = len(values), self.labelled_count
+        full = self.labelled_count
         if self.has_label is None:
             if n not in (full, full - 1):
                 raise MalformedRecord(f"expected {full} {self.unit} (labelled) or {full - 1} "
@@ -188,8 +194,16 @@ class RowReader:
             layout = "labelled" if self.has_label else "unlabelled"
             raise MalformedRecord(f"expected {want} {self.unit} ({layout} file, as its line "
                                   f"{self.layout_line}), got {n}")
+
+    def __call__(self, text: str, line_no: int):
+        if self.format == "avazu" and text.strip() in self._avazu_headers:
+            return None
+        if self.format == "csv" and self.spec.header and line_no == 1:
+            return None
+        values = _split_line(self.spec, text)
+        self._check_layout(len(values), line_no)
         if not self.has_label:
-            text = self._with_dummy_label(values)
+            text = _with_dummy_label(self.spec, values)
         parsed = self.parser.split(text, line_no)
         if parsed is None:
             return None
@@ -341,15 +355,129 @@ def _lines(path: str) -> Iterator[tuple[int, bytes, int]]:
                              f"{exc.strerror or exc}") from None
 
 
+def _cannot_write(output: Path, exc: OSError) -> PredictFailure:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return PredictFailure(f"cannot write --output {output}: {exc.strerror or exc}{where}")
+
+
+@contextlib.contextmanager
+def _atomic_outputs(output: Path, rejects_path: Path):
+    """Yields (output file, rejects file), both temporaries beside their final paths. When the
+    block ends without an error they are synced and renamed into place (the rejects file first,
+    the scores last); on any failure they are removed. An OSError (creating or writing them)
+    becomes PredictFailure "cannot write --output"; reading errors are PredictFailure already."""
+    temps: list[Path] = []  # removed on any failure; renamed into place at the end
+    try:
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            tmp_out, out = _create_temp(output, temps)
+            tmp_rejects, rejects = _create_temp(rejects_path, temps)
+        except OSError as exc:
+            raise _cannot_write(output, exc) from None
+        with out, rejects:
+            yield out, rejects
+            for fh in (out, rejects):
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp_rejects, rejects_path)
+        os.replace(tmp_out, output)
+        temps.clear()
+    except OSError as exc:
+        raise _cannot_write(output, exc) from None
+    finally:
+        for tmp in temps:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+class _BatchScorer:
+    """Collects parsed rows, scores them `batch_size` at a time with the serving signature and
+    writes them as output CSV rows (counting scored and labelled rows in `counts`)."""
+
+    def __init__(self, score, field_names: list[str], out, counts: dict, batch_size: int):
+        self._score = score
+        self._field_names = field_names
+        self._writer = csv.writer(out)
+        self._writer.writerow(OUTPUT_HEADER)
+        self._counts = counts
+        self._batch_size = batch_size
+        self._batch: list[tuple[str, int, dict, float | None]] = []
+
+    def add(self, source: str, line_no: int, values: dict, label: float | None) -> bool:
+        """Queues one row; True when a full batch is waiting for `flush`."""
+        self._batch.append((source, line_no, values, label))
+        return len(self._batch) >= self._batch_size
+
+    def flush(self) -> None:
+        import numpy as np
+        import tensorflow as tf
+
+        batch, counts = self._batch, self._counts
+        if not batch:
+            return
+        inputs = {n: tf.constant([row[2][n] for row in batch], tf.string)
+                  for n in self._field_names}
+        probs = self._score(**inputs)["probability"].numpy()
+        for (source, line_no, _, label), p in zip(batch, probs.astype(np.float64), strict=True):
+            self._writer.writerow([counts["scored"], source, line_no, f"{p:.8g}",
+                                   "" if label is None else f"{label:g}"])
+            counts["scored"] += 1
+            counts["labelled"] += label is not None
+        batch.clear()
+
+
+def _parse_line(reader: RowReader, raw: bytes, line_no: int):
+    """`reader`'s result for a raw line; undecodable bytes are a MalformedRecord too."""
+    from preprocessing.formats import MalformedRecord
+
+    try:
+        text = raw.decode(reader.parser.encoding)
+    except UnicodeDecodeError as exc:
+        raise MalformedRecord(f"undecodable bytes ({reader.parser.encoding}): "
+                              f"{exc.reason} at byte {exc.start}") from None
+    return reader(text, line_no)
+
+
+def _score_files(files: list[str], reader: RowReader, scorer: _BatchScorer, rejects,
+                 counts: dict, progress) -> None:
+    """Reads every line of `files` in order: rows go to `scorer`, malformed lines to `rejects`
+    (one JSON record each); blank and header lines are counted."""
+    from preprocessing.formats import MalformedRecord
+
+    consumed = 0
+    for path in files:
+        reader.start_file()
+        for line_no, raw, size in _lines(path):
+            consumed += size
+            if not raw.strip():
+                counts["blank"] += 1
+                continue
+            try:
+                got = _parse_line(reader, raw, line_no)
+            except MalformedRecord as exc:
+                counts["rejected"] += 1
+                rejects.write(json.dumps({"source": path, "line": line_no, "reason": str(exc),
+                                          "raw": raw.decode("utf-8", errors="replace")}) + "\n")
+                continue
+            if got is None:
+                counts["header"] += 1
+                continue
+            if scorer.add(path, line_no, *got):
+                scorer.flush()
+                progress.update(consumed, "predict", rows=counts["scored"])
+        scorer.flush()
+        progress.update(consumed, "predict", rows=counts["scored"])
+
+
 def predict(model: str | Path, pattern: str, output: str | Path, *, version: int | None = None,
             dataset: str | None = None, batch_size: int = 4096, quiet: bool = False,
             log=None) -> dict:
     """Scores the input files; returns the summary counts."""
-    import numpy as np
     import tensorflow as tf
 
     from pipeline.progress import Progress
-    from preprocessing.formats import MalformedRecord
 
     if batch_size < 1:
         raise PredictError(f"--batch_size must be >= 1, got {batch_size}")
@@ -363,93 +491,21 @@ def predict(model: str | Path, pattern: str, output: str | Path, *, version: int
     notes: list[str] = []
     files = input_files(pattern, (output, rejects_path), notes)
     check_output(output, rejects_path)
-    loaded = tf.saved_model.load(str(version_dir))
-    score = loaded.signatures["serving_default"]
+    loaded = tf.saved_model.load(str(version_dir))  # kept referenced while its signature runs
     total_bytes = sum(os.path.getsize(f) for f in files)
     progress = Progress(max(total_bytes, 1), quiet=quiet, unit="B", unit_scale=True)
     log = log or progress.log
     for note in notes:
         log(note)
     counts = {"scored": 0, "rejected": 0, "blank": 0, "header": 0, "labelled": 0}
-    consumed = 0
-    temps: list[Path] = []  # removed on any failure; renamed into place at the end
     progress.update(0, "predict", rows=0)
-
-    def cannot_write(exc: OSError) -> PredictFailure:
-        where = f" ({exc.filename})" if exc.filename else ""
-        return PredictFailure(f"cannot write --output {output}: {exc.strerror or exc}{where}")
-
     try:
-        try:
-            output.parent.mkdir(parents=True, exist_ok=True)
-            tmp_out, out = _create_temp(output, temps)
-            tmp_rejects, rejects = _create_temp(rejects_path, temps)
-        except OSError as exc:
-            raise cannot_write(exc) from None
-        with out, rejects:
-            writer = csv.writer(out)
-            writer.writerow(OUTPUT_HEADER)
-            batch: list[tuple[str, int, dict, float | None]] = []
-
-            def flush():
-                if not batch:
-                    return
-                inputs = {n: tf.constant([row[2][n] for row in batch], tf.string)
-                          for n in field_names}
-                probs = score(**inputs)["probability"].numpy()
-                for (source, line_no, _, label), p in zip(batch, probs.astype(np.float64)):
-                    writer.writerow([counts["scored"], source, line_no, f"{p:.8g}",
-                                     "" if label is None else f"{label:g}"])
-                    counts["scored"] += 1
-                    counts["labelled"] += label is not None
-                batch.clear()
-
-            for path in files:
-                reader.start_file()
-                for line_no, raw, size in _lines(path):
-                    consumed += size
-                    if not raw.strip():
-                        counts["blank"] += 1
-                        continue
-                    try:
-                        try:
-                            text = raw.decode(reader.parser.encoding)
-                        except UnicodeDecodeError as exc:
-                            raise MalformedRecord(f"undecodable bytes ({reader.parser.encoding}): "
-                                                  f"{exc.reason} at byte {exc.start}") from None
-                        got = reader(text, line_no)
-                    except MalformedRecord as exc:
-                        counts["rejected"] += 1
-                        rejects.write(json.dumps({"source": path, "line": line_no,
-                                                  "reason": str(exc),
-                                                  "raw": raw.decode("utf-8", errors="replace")})
-                                      + "\n")
-                        continue
-                    if got is None:
-                        counts["header"] += 1
-                        continue
-                    batch.append((path, line_no, got[0], got[1]))
-                    if len(batch) >= batch_size:
-                        flush()
-                        progress.update(consumed, "predict", rows=counts["scored"])
-                flush()
-                progress.update(consumed, "predict", rows=counts["scored"])
-            for fh in (out, rejects):
-                fh.flush()
-                os.fsync(fh.fileno())
-        # Every input read to its end: the rejects file first, the scores last.
-        os.replace(tmp_rejects, rejects_path)
-        os.replace(tmp_out, output)
-        temps.clear()
-    except OSError as exc:  # reading errors are PredictFailure already (_lines)
-        raise cannot_write(exc) from None
+        with _atomic_outputs(output, rejects_path) as (out, rejects):
+            scorer = _BatchScorer(loaded.signatures["serving_default"], field_names, out, counts,
+                                  batch_size)
+            _score_files(files, reader, scorer, rejects, counts, progress)
     finally:
         progress.close()
-        for tmp in temps:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
     counts.update({"files": len(files), "version_dir": str(version_dir), "output": str(output),
                    "rejects": str(rejects_path)})
     log(f"predict: {counts['scored']:,} rows scored ({counts['labelled']:,} with a label), "

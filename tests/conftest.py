@@ -25,3 +25,12 @@ def planted_search(planted, tmp_path_factory):
     search_dir = tmp_path_factory.mktemp("planted_search") / "search"
     dims = run_search(str(data_dir), str(search_dir), experiment.resolve("synthetic"), quiet=True)
     return data_dir, search_dir, dims
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory):
+    """A Criteo-format raw file, its preprocessing, a trained model_dir and its export, built
+    once: (raw file, data_dir, model_dir, version dir)."""
+    from tests.serving_fixtures import build_served
+
+    return build_served(tmp_path_factory.mktemp("serving"))

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from configs.features import DataSchema
 
@@ -121,12 +120,11 @@ def test_split_rows(raw: Path) -> list[tuple[int, list[str], float]]:
 test_split_rows.__test__ = False  # not a test
 
 
-@pytest.fixture(scope="session")
-def served(tmp_path_factory):
-    """(raw file, data_dir, model_dir, version dir) shared by the serving tests."""
+def build_served(root: Path):
+    """(raw file, data_dir, model_dir, version dir) shared by the serving tests (conftest's
+    session fixture `served` builds it once per test run)."""
     from pipeline.export import export
 
-    root = tmp_path_factory.mktemp("serving")
     raw = write_raw(root / "raw.txt")
     data = preprocess(raw, root / "data")
     model_dir = make_model_dir(data, root / "model")

@@ -1,4 +1,4 @@
-"""pipeline.export and the TF token rules of pipeline.serving: graph/Python agreement, skew
+"""pipeline.export and the TF token rules of pipeline.token_ops: graph/Python agreement, skew
 against the Beam job's ids and the Keras model, portability (fresh process, saved_model_cli),
 warm-up requests, versioning and errors."""
 from __future__ import annotations
@@ -17,9 +17,14 @@ import tensorflow as tf
 
 from configs.features import MISSING_TOKEN, DataSchema, categorical_token, numeric_token
 from pipeline import export as export_mod
-from pipeline import serving
-from tests.serving_fixtures import (EDGE_CATEGORICAL, EDGE_NUMERIC, field_names, read_ids,
-                                    served, test_split_rows)  # noqa: F401 (fixture)
+from pipeline import serving_client, token_ops
+from tests.serving_fixtures import (
+    EDGE_CATEGORICAL,
+    EDGE_NUMERIC,
+    field_names,
+    read_ids,
+    test_split_rows,
+)
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -52,21 +57,23 @@ CATEGORICAL_CASES = ["", " ", "a\tb", " x ", "\u00a0y\u2003", "\x1cz\x1f", "a\nb
 
 
 def test_log_bucket_thresholds_are_exact():
-    t = serving.log_bucket_thresholds(40)
+    t = token_ops.log_bucket_thresholds(40)
     for k, v in enumerate(t, 1):
-        assert serving._log_bucket(v) == k and serving._log_bucket(math.nextafter(v, 0)) == k - 1
-    assert serving.max_log_bucket(["L3", "L17", "2", MISSING_TOKEN, "Lx"]) == 17
+        assert token_ops._log_bucket(v) == k
+        assert token_ops._log_bucket(math.nextafter(v, 0)) == k - 1
+    assert token_ops.max_log_bucket(["L3", "L17", "2", MISSING_TOKEN, "Lx"]) == 17
 
 
 def test_tf_numeric_token_equals_python_rule():
-    thresholds = tf.constant(serving.log_bucket_thresholds(serving.MIN_EXACT_BUCKETS), tf.float64)
+    thresholds = tf.constant(token_ops.log_bucket_thresholds(token_ops.MIN_EXACT_BUCKETS),
+                             tf.float64)
     got = [t.decode() for t in
-           serving.tf_numeric_token(tf.constant(NUMERIC_CASES), None, thresholds).numpy()]
-    mismatches = [(raw, g, py_numeric(raw)) for raw, g in zip(NUMERIC_CASES, got)
+           token_ops.tf_numeric_token(tf.constant(NUMERIC_CASES), None, thresholds).numpy()]
+    mismatches = [(raw, g, py_numeric(raw)) for raw, g in zip(NUMERIC_CASES, got, strict=True)
                   if g != py_numeric(raw) and not py_numeric(raw).startswith("-1000")]
     assert mismatches == []
     # Documented differences: below -2**63 without a table the token is unseen (-> OOV id 0).
-    assert got[NUMERIC_CASES.index("-1e30")] == serving.UNSEEN_TOKEN
+    assert got[NUMERIC_CASES.index("-1e30")] == token_ops.UNSEEN_TOKEN
     assert got[NUMERIC_CASES.index("abc")] == MISSING_TOKEN
     assert got[NUMERIC_CASES.index("1_000")] == "L47"
     assert got[NUMERIC_CASES.index("2.5")] == "L0" and got[NUMERIC_CASES.index("3")] == "L1"
@@ -97,10 +104,12 @@ NUMBER_PROBES = NON_ASCII_NUMBER_PROBES + [
 def test_number_probes_python_and_graph_agree():
     """Train/serve skew: the Python rule (preprocessing) and the graph rule (SavedModel) give the
     same token for every probe; a ValueError (dead letter) in Python is MISSING in the graph."""
-    thresholds = tf.constant(serving.log_bucket_thresholds(serving.MIN_EXACT_BUCKETS), tf.float64)
+    thresholds = tf.constant(token_ops.log_bucket_thresholds(token_ops.MIN_EXACT_BUCKETS),
+                             tf.float64)
     got = [t.decode() for t in
-           serving.tf_numeric_token(tf.constant(NUMBER_PROBES), None, thresholds).numpy()]
-    assert [(p, g, py_numeric(p)) for p, g in zip(NUMBER_PROBES, got) if g != py_numeric(p)] == []
+           token_ops.tf_numeric_token(tf.constant(NUMBER_PROBES), None, thresholds).numpy()]
+    assert [(p, g, py_numeric(p)) for p, g in zip(NUMBER_PROBES, got, strict=True)
+            if g != py_numeric(p)] == []
     for probe in NON_ASCII_NUMBER_PROBES + ["inf", "nan", "0x10", "1e999", "1__000", "5 5"]:
         with pytest.raises(ValueError):
             numeric_token(probe)
@@ -110,18 +119,19 @@ def test_number_probes_python_and_graph_agree():
 
 def test_tf_numeric_token_huge_negative_table():
     tokens = [numeric_token("-1e30"), numeric_token("-1e300"), "L3", "abc"]
-    huge = serving.huge_negative_tokens(tokens)
+    huge = token_ops.huge_negative_tokens(tokens)
     assert sorted(huge.values()) == sorted(tokens[:2])
     table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        tf.constant(list(huge), tf.int64), tf.constant(list(huge.values()))), serving.UNSEEN_TOKEN)
+        tf.constant(list(huge), tf.int64), tf.constant(list(huge.values()))),
+        token_ops.UNSEEN_TOKEN)
     raw = ["-1e30", "-1e300", "-1e200", "-5"]
-    got = [t.decode() for t in serving.tf_numeric_token(tf.constant(raw), table).numpy()]
-    assert got == [numeric_token("-1e30"), numeric_token("-1e300"), serving.UNSEEN_TOKEN, "-5"]
+    got = [t.decode() for t in token_ops.tf_numeric_token(tf.constant(raw), table).numpy()]
+    assert got == [numeric_token("-1e30"), numeric_token("-1e300"), token_ops.UNSEEN_TOKEN, "-5"]
 
 
 def test_tf_categorical_token_equals_python_rule():
     got = [t.decode() for t in
-           serving.tf_categorical_token(tf.constant(CATEGORICAL_CASES)).numpy()]
+           token_ops.tf_categorical_token(tf.constant(CATEGORICAL_CASES)).numpy()]
     assert got == [categorical_token(c) for c in CATEGORICAL_CASES]
 
 
@@ -144,7 +154,7 @@ def _python_ids(data_dir, rows):
     out = []
     for row in rows:
         ids = []
-        for f, raw in zip(schema.fields, row):
+        for f, raw in zip(schema.fields, row, strict=True):
             token = py_numeric(raw) if f.kind == "numeric" else categorical_token(raw)
             ids.append(vocab[f.name].get(token, 0))
         out.append(ids)
@@ -177,7 +187,8 @@ def test_savedmodel_probabilities_equal_keras_on_tfrecords(served, loaded):
     raw, data, model_dir, version = served
     # The fixture's model is a unified-input DeepFM: the export folded its projections into the
     # first MLP layer (models/folding.py), so this also checks the folding end to end.
-    assert json.loads((version / "assets.extra" / "export.json").read_text())["folded_mlp_input"] is True
+    info = json.loads((version / "assets.extra" / "export.json").read_text())
+    assert info["folded_mlp_input"] is True
     values = [r[1] for r in test_split_rows(raw)]
     out = loaded.signatures["serving_default"](**_columns(values))
     ids = loaded.signatures["transform"](**_columns(values))["ids"].numpy()
@@ -221,7 +232,7 @@ def test_tf_example_signature_matches_default(served, loaded):
     serialized = []
     for row in values:
         feats = {n: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode()]))
-                 for n, v in zip(names, row) if v != ""}  # absent feature = missing
+                 for n, v in zip(names, row, strict=True) if v != ""}  # absent feature = missing
         serialized.append(tf.train.Example(
             features=tf.train.Features(feature=feats)).SerializeToString())
     got = loaded.signatures["serving_tf_example"](examples=tf.constant(serialized))
@@ -250,8 +261,8 @@ def test_bad_requests_name_the_field(loaded):
     # the client-side check names the field.
     with pytest.raises(tf.errors.InvalidArgumentError, match="string tensor"):
         fn(**dict(good, C9=tf.constant([1, 2])))
-    with pytest.raises(serving.RequestError, match="field C9"):
-        serving.check_request(dict({k: ["1", "2"] for k in good}, C9=[1, 2]), field_names())
+    with pytest.raises(serving_client.RequestError, match="field C9"):
+        serving_client.check_request(dict({k: ["1", "2"] for k in good}, C9=[1, 2]), field_names())
 
 
 # ----------------------------------------------------------------------------- portability
@@ -273,7 +284,7 @@ print(json.dumps({"p": out["probability"].numpy().tolist(), "ids": ids.numpy().t
 def test_fresh_process_without_project_code(served, loaded, tmp_path):
     raw, _, _, version = served
     values = [r[1] for r in test_split_rows(raw)][:5]
-    rows = [dict(zip(field_names(), v)) for v in values]
+    rows = [dict(zip(field_names(), v, strict=True)) for v in values]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     res = subprocess.run([sys.executable, "-c", _FRESH, str(version), json.dumps(rows)],

@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 
-from tests.serving_fixtures import served  # noqa: F401 (fixture)
 
 
 def _dead_pid() -> int:

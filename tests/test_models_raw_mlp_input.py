@@ -13,7 +13,12 @@ import tensorflow as tf
 
 from models.backbones.nfm import NFM
 from models.ctr_model import CTRModel
-from models.factory import build_backbone, build_retrain_model, build_search_model, effective_mlp_input
+from models.factory import (
+    build_backbone,
+    build_retrain_model,
+    build_search_model,
+    effective_mlp_input,
+)
 from models.folding import can_fold, fold_mlp_input
 from models.mixed_embedding import MixedDimEmbedding
 
@@ -27,7 +32,8 @@ IDS = tf.constant(np.stack([rng.integers(0, v, 32) for v in VOCAB], axis=1))
 def randomise(model):
     """Non-trivial values everywhere (zero-initialised biases and first-order weights included)."""
     for v in model.variables:
-        v.assign(rng.normal(0.0, 0.3, v.shape).astype(np.float32) + (1.0 if "variance" in v.path else 0.0))
+        shift = 1.0 if "variance" in v.path else 0.0
+        v.assign(rng.normal(0.0, 0.3, v.shape).astype(np.float32) + shift)
     return model
 
 
@@ -49,7 +55,8 @@ def test_fold_mlp_input_serves_the_same_logits(backbone, unify):
 
 def test_fold_mlp_input_refuses_what_it_cannot_fold():
     fm = build_retrain_model("fm", VOCAB, DIMS)
-    fde = build_retrain_model("deepfm", VOCAB, [8] * len(VOCAB), unify="zero_pad", hidden_units=(8,))
+    fde = build_retrain_model("deepfm", VOCAB, [8] * len(VOCAB), unify="zero_pad",
+                              hidden_units=(8,))
     for model in (fm, fde, build_search_model("deepfm", VOCAB, (2, 4), hidden_units=(8,))):
         model(IDS)
         assert not can_fold(model)
@@ -62,7 +69,8 @@ def test_raw_mlp_input_shapes_and_parameters():
     deepfm(IDS)
     assert deepfm.mlp_input == "raw"
     assert tuple(deepfm.backbone.mlp.dense_layers[0].kernel.shape) == (sum(DIMS), 16)
-    assert len(deepfm.embedding.transform_variables) == 2 * len(set(DIMS))  # the FM term still unifies
+    # The FM term still unifies.
+    assert len(deepfm.embedding.transform_variables) == 2 * len(set(DIMS))
     wd = build_retrain_model("wide_deep", VOCAB, DIMS, mlp_input="raw", hidden_units=(16,))
     wd(IDS)
     assert tuple(wd.backbone.mlp.dense_layers[0].kernel.shape) == (sum(DIMS), 16)
@@ -79,7 +87,8 @@ def test_raw_mlp_input_shapes_and_parameters():
 def test_raw_mlp_input_trains_and_round_trips(tmp_path):
     import keras
 
-    model = build_retrain_model("deepfm", VOCAB, DIMS, mlp_input="raw", hidden_units=(16,), dropout=0.0)
+    model = build_retrain_model("deepfm", VOCAB, DIMS, mlp_input="raw", hidden_units=(16,),
+                                dropout=0.0)
     with tf.GradientTape() as tape:
         loss = tf.reduce_mean(tf.square(model(IDS, training=True)))
     grads = tape.gradient(loss, model.trainable_variables)
@@ -87,7 +96,8 @@ def test_raw_mlp_input_trains_and_round_trips(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     assert loaded.mlp_input == "raw"
-    np.testing.assert_array_equal(loaded(IDS, training=False).numpy(), model(IDS, training=False).numpy())
+    np.testing.assert_array_equal(loaded(IDS, training=False).numpy(),
+                                  model(IDS, training=False).numpy())
 
 
 def test_raw_mlp_input_refusals_name_the_problem():
@@ -102,6 +112,7 @@ def test_raw_mlp_input_refusals_name_the_problem():
                  mlp_input="raw")
     search = build_search_model("deepfm", VOCAB, (2, 4))
     with pytest.raises(ValueError, match="mixed-dimension"):
-        CTRModel(search.embedding, build_backbone("deepfm", mlp_input_dim=24), VOCAB, mlp_input="raw")
-    with pytest.raises(ValueError, match="mlp_input must be 'unified' or 'raw'"):
+        CTRModel(search.embedding, build_backbone("deepfm", mlp_input_dim=24), VOCAB,
+                 mlp_input="raw")
+    with pytest.raises(ValueError, match="mlp_input must be 'raw' or 'unified'"):
         effective_mlp_input("deepfm", "flat")

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline import predict as predict_mod
-from tests.serving_fixtures import field_names, served  # noqa: F401 (fixture)
+from tests.serving_fixtures import field_names
 
 
 def _raw_lines(raw, n):

@@ -14,7 +14,6 @@ import pytest
 from configs.features import dataset_spec
 from pipeline import predict as predict_mod
 from preprocessing.formats import MalformedRecord
-from tests.serving_fixtures import served  # noqa: F401 (fixture)
 
 HEADER = "row_id,source,line,probability,label"
 
