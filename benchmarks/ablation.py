@@ -5,12 +5,12 @@
         [--backbone deepfm] [--seeds 0,1,2] [--frontier 8,16,32] [--workdir runs/quality]
         [--output FILE] [--set key=value ...]
 
-Every combination of the --grid values is retrained as `pipeline.retrain --dims BASE --dim
-FIELD=D ...` (without --grid, BASE itself) once per seed (`{seed}` in BASE is replaced by the seed, so each seed can start from
-its own search's dims.json), beside FDE at the --frontier dimensions with the same seeds and
-settings. The FDE runs live where benchmarks.quality puts them (WORKDIR/DATASET/BACKBONE/seedS/
-fdeD), so its finished runs are reused; the ablation's own runs go to .../seedS/ablation/LABEL.
-Every run resumes or is skipped when finished.
+Every combination of the --grid values is retrained as `pipeline.retrain --dims BASE --dim FIELD=D
+...` (without --grid, BASE itself) once per seed (`{seed}` in BASE is replaced by the seed, so each
+seed can start from its own search's dims.json), beside FDE at the --frontier dimensions with the
+same seeds and settings. The FDE runs live where benchmarks.quality puts them
+(WORKDIR/DATASET/BACKBONE/seedS/fdeD), so its finished runs are reused; the ablation's own runs go
+to .../seedS/ablation/LABEL. Every run resumes or is skipped when finished.
 
 The table: test AUC (mean ± std over seeds), Params, the distance to the FDE frontier at the mean
 point (benchmarks.quality's measure) and the mean ± standard error of the per-seed distances
@@ -111,7 +111,9 @@ def main(argv=None) -> int:
     parser = StrictArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", default="../shared/data")
-    parser.add_argument("--dataset", default="frappe", help=f"with --data_root: one of {list(INPUTS)}")
+    parser.add_argument(
+        "--dataset", default="frappe", help=f"with --data_root: one of {list(INPUTS)}"
+    )
     parser.add_argument("--data_dir", help="an already preprocessed dataset directory (instead of "
                                        "--data_root/--dataset)")
     parser.add_argument("--base", default="fde:32",
@@ -235,7 +237,9 @@ def _run_all(data, work: Path, dataset: str, preset: str, backbone: str, seeds, 
             m = retrain(str(data), args.base.replace("{seed}", str(seed)),
                         str(seed_dir / "ablation" / label), cfg, quiet=True, dim_overrides=combo)
             name = args.base + "".join(
-                (" with " if i == 0 else ", ") + f"{k}={v}" for i, (k, v) in enumerate(combo.items()))
+                (" with " if i == 0 else ", ") + f"{k}={v}"
+                for i, (k, v) in enumerate(combo.items())
+            )
             variants.setdefault(name, []).append(m)
             print(f"seed {seed} {name}: test AUC {m['test_auc']:.4f} params {m['params']:,}",
                   flush=True)

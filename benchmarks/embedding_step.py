@@ -1,6 +1,7 @@
-"""Microbenchmark: one training step (forward + backward + SGD) of the search embedding vs a plain one.
+"""Microbenchmark: one training step (forward + backward + SGD) of the search embedding vs a plain
+one.
 
-    PYTHONPATH=. .venv/bin/python -m benchmarks.embedding_step [--batch 2000 --fields 39 --rows 1000000]
+    .venv/bin/python -m benchmarks.embedding_step [--batch 2000 --fields 39 --rows 1000000]
 
 Synthetic ids (uniform per field, Criteo-like field sizes summing to ~--rows), DeepFM backbone,
 `keras.optimizers.SGD` inside one `tf.function`; the W step of the search (model_variables only).
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
-import keras
 
 from configs.cli import StrictArgumentParser
 from models.backbones.deepfm import DeepFM
@@ -23,10 +24,18 @@ from models.search_embedding import AutoDimEmbedding
 VARIANTS = {
     "plain_fixed32_zero_pad": lambda v: FixedEmbedding(v, 32, unify="zero_pad"),
     "fixed32_linear": lambda v: FixedEmbedding(v, 32, unify="linear"),
-    "autodim_ws_linear_bn_affine": lambda v: AutoDimEmbedding(v, lookup="weight_sharing", unify="linear", seed=0),
-    "autodim_ws_zero_pad_bn_affine": lambda v: AutoDimEmbedding(v, lookup="weight_sharing", unify="zero_pad", seed=0),
-    "autodim_sep_linear_bn_affine": lambda v: AutoDimEmbedding(v, lookup="separate", unify="linear", seed=0),
-    "autodim_ws_linear_no_norm": lambda v: AutoDimEmbedding(v, unify="linear", candidate_norm="none", seed=0),
+    "autodim_ws_linear_bn_affine": lambda v: AutoDimEmbedding(
+        v, lookup="weight_sharing", unify="linear", seed=0
+    ),
+    "autodim_ws_zero_pad_bn_affine": lambda v: AutoDimEmbedding(
+        v, lookup="weight_sharing", unify="zero_pad", seed=0
+    ),
+    "autodim_sep_linear_bn_affine": lambda v: AutoDimEmbedding(
+        v, lookup="separate", unify="linear", seed=0
+    ),
+    "autodim_ws_linear_no_norm": lambda v: AutoDimEmbedding(
+        v, unify="linear", candidate_norm="none", seed=0
+    ),
 }
 
 
@@ -41,7 +50,9 @@ def make_step(model, variables, optimizer):
     def step(ids, labels):
         with tf.GradientTape() as tape:
             logits = model(ids, training=True)
-            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits))
+            loss = tf.reduce_mean(
+                tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+            )
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
@@ -54,15 +65,21 @@ def main(argv=None) -> None:
     parser.add_argument("--fields", type=int, default=39)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per variant")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved timing rounds per variant"
+    )
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     args = parser.parse_args(argv)
 
     vocab = field_sizes(args.fields, args.rows)
     rng = np.random.default_rng(0)
     batches = [
-        (tf.constant(np.stack([rng.integers(0, v, args.batch) for v in vocab], axis=1), dtype=tf.int32),
-         tf.constant(rng.integers(0, 2, args.batch), dtype=tf.float32))
+        (
+            tf.constant(
+                np.stack([rng.integers(0, v, args.batch) for v in vocab], axis=1), dtype=tf.int32
+            ),
+            tf.constant(rng.integers(0, 2, args.batch), dtype=tf.float32),
+        )
         for _ in range(4)
     ]
     steps = {}
@@ -84,7 +101,8 @@ def main(argv=None) -> None:
                 loss = step(*batches[i % len(batches)])
             loss.numpy()
             times[name].append((time.perf_counter() - start) / args.steps)
-    print(f"batch={args.batch} fields={args.fields} rows={sum(vocab)} steps={args.steps} rounds={args.rounds}")
+    print(f"batch={args.batch} fields={args.fields} rows={sum(vocab)} steps={args.steps} "
+          f"rounds={args.rounds}")
     base = min(times.get("plain_fixed32_zero_pad", [float("nan")]))
     for name, values in times.items():
         best = min(values)

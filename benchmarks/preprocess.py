@@ -99,7 +99,11 @@ def measure(cmd: list[str]) -> dict:
     last = json.loads(out.strip().splitlines()[-1])
     if last["rc"] != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {last['rc']}):\n{err[-3000:]}")
-    return {"seconds": wall, "peak_tree_mb": peak / 1024, "max_process_mb": last["maxrss_kb"] / 1024}
+    return {
+        "seconds": wall,
+        "peak_tree_mb": peak / 1024,
+        "max_process_mb": last["maxrss_kb"] / 1024,
+    }
 
 
 def bench(pattern: str, rows: int, workdir: str, beam_args: list[str]) -> dict:
@@ -159,8 +163,8 @@ def main(argv=None) -> int:
                           f"{r['peak_tree_mb']:7.0f} MB  largest process "
                           f"{r['max_process_mb']:6.0f} MB", flush=True)
                 if rows > args.rows:
-                    print(f"  ratio job/bare {pairs[-1]['job']['seconds'] / pairs[-1]['bare']['seconds']:.2f}",
-                          flush=True)
+                    ratio = pairs[-1]["job"]["seconds"] / pairs[-1]["bare"]["seconds"]
+                    print(f"  ratio job/bare {ratio:.2f}", flush=True)
             shutil.rmtree(os.path.join(workdir, f"data-{rows}"))
     finally:
         if not args.workdir:

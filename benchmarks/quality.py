@@ -10,8 +10,9 @@ FDE at 8, 16 and 32 (the frontier), RaS (random dims over the candidates), AutoD
 seed's AutoDim search re-derived, then retrained, so the two rows differ only by the
 derivation) and AutoDim with the parameter cost chosen on validation (`autodim_tuned`: a search
 and retraining per `--tune_costs` value, the one at the preset's cost copied from the same
-seed's `autodim` run; pipeline/tuning.py keeps the best validation AUC). Criteo and Avazu samples get one seed (they only show the pipeline runs on real
-logs; too small for quality claims). Every run is resumable: rerunning the command skips
+seed's `autodim` run; pipeline/tuning.py keeps the best validation AUC). Criteo and Avazu
+samples get one seed (they only show the pipeline runs on real logs; too small for quality
+claims). Every run is resumable: rerunning the command skips
 finished runs. Writes a markdown table (mean and std over seeds) to --output, with the command.
 Skips cleanly when --data_root does not exist.
 """
@@ -167,8 +168,10 @@ def summarise(results: dict, frontier_dims=FRONTIER) -> list[str]:
                 corr = f"{np.mean(cs):.2f}" if cs else "n/a (constant dims)"
             lines.append(
                 f"| {dataset} | {backbone} | {method} | {auc.mean():.4f} ± {auc.std():.4f} | "
-                f"{ll.mean():.4f} ± {ll.std():.4f} | {params:,.0f} | {100 * params / fde_max:.1f}% | "
-                f"{vs} | {dims_text} | {corr} |")
+                f"{ll.mean():.4f} ± {ll.std():.4f} | {params:,.0f} | "
+                f"{100 * params / fde_max:.1f}% | "
+                f"{vs} | {dims_text} | {corr} |"
+            )
     return lines
 
 
@@ -260,12 +263,23 @@ def main(argv=None) -> int:
                     print(f"{dataset} {backbone} seed {seed} {method}: test AUC "
                           f"{m['test_auc']:.4f} logloss {m['test_logloss']:.4f} params "
                           f"{m['params']:,} ({m['wall_seconds']:.0f}s)", flush=True)
-    command = "python -m benchmarks.quality " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python -m benchmarks.quality " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:])
+    )
     table = summarise(results, frontier)
-    text = ["## Quality (benchmarks.quality)", "", f"Command: `{command}`", "",
-            "AUC/logloss: mean ± std over seeds on the test split; Params: the paper's metric "
-            "(embedding parameters of the chosen dimensions); 'vs FDE frontier': AUC minus the "
-            f"FDE-{'/'.join(map(str, frontier))} AUC interpolated (in log params) at the method's Params.", "", *table, ""]
+    text = [
+        "## Quality (benchmarks.quality)",
+        "",
+        f"Command: `{command}`",
+        "",
+        "AUC/logloss: mean ± std over seeds on the test split; Params: the paper's metric "
+        "(embedding parameters of the chosen dimensions); 'vs FDE frontier': AUC minus the "
+        f"FDE-{'/'.join(map(str, frontier))} AUC interpolated (in log params) at the method's "
+        "Params.",
+        "",
+        *table,
+        "",
+    ]
     Path(args.output).write_text("\n".join(text), encoding="utf-8")
     (work / "results.json").write_text(json.dumps(
         {f"{d}|{b}": v for (d, b), v in results.items()}, indent=1, default=str))

@@ -161,8 +161,12 @@ class Bench:
         from configs.experiment import ModelConfig
         from models.factory import build_retrain_model, build_search_model
         from pipeline import runtime
-        from pipeline.trainer import (Optimizers, StepRunner, make_embedding_optimizer,
-                                      paper_temperature)
+        from pipeline.trainer import (
+            Optimizers,
+            StepRunner,
+            make_embedding_optimizer,
+            paper_temperature,
+        )
 
         self.name, self.batch, self.is_search = name, batch, variant is not None
         m = ModelConfig()
@@ -176,8 +180,13 @@ class Bench:
                                            candidate_norm=norm, seed=seed,
                                            **runtime.backbone_kwargs(m))
             else:
-                model = build_retrain_model("deepfm", vocab, dims=[max(m.candidate_dims)] * len(vocab),
-                                            unify="zero_pad", **runtime.backbone_kwargs(m))
+                model = build_retrain_model(
+                    "deepfm",
+                    vocab,
+                    dims=[max(m.candidate_dims)] * len(vocab),
+                    unify="zero_pad",
+                    **runtime.backbone_kwargs(m),
+                )
             model(tf.zeros([2, len(vocab)], tf.int32), training=False)
             opts = Optimizers(dense=keras.optimizers.Adam(1e-3),
                               embedding=make_embedding_optimizer("lazy_adam", 1e-3),
@@ -255,7 +264,9 @@ def main(argv=None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="synthetic training rows")
     parser.add_argument("--fields", type=int, default=39, help="synthetic fields")
-    parser.add_argument("--data_dir", help="a preprocessed data dir to use instead of synthetic data")
+    parser.add_argument(
+        "--data_dir", help="a preprocessed data dir to use instead of synthetic data"
+    )
     parser.add_argument("--data_root", help="directory holding movielens-100k/ (raw) for the "
                         "MovieLens FDE figure; skipped when absent")
     parser.add_argument("--steps", type=int, default=30,
@@ -346,8 +357,10 @@ def main(argv=None) -> int:
         if "FDE/no-stats" in by:
             for name in ("FDE", "AD-2"):
                 with_s, without = by[name].ms_per_step, by[f"{name}/no-stats"].ms_per_step
-                print(f"training statistics (1000-bin histogram + reduce) in {name}: "
-                      f"{with_s - without:+.1f} ms/step ({100 * (with_s - without) / with_s:+.0f}%)")
+                print(
+                    f"training statistics (1000-bin histogram + reduce) in {name}: "
+                    f"{with_s - without:+.1f} ms/step ({100 * (with_s - without) / with_s:+.0f}%)"
+                )
         print(f"input pipeline alone: {in_rate:,.0f} examples/s ({args.input_batches} batches); "
               f"FDE training consumes {fde.examples_per_s:,.0f} examples/s")
         if ml_rate is not None:

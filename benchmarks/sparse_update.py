@@ -17,8 +17,8 @@ law over the vocabulary with the ranks randomly permuted, closer to real CTR id 
 `--active_rows N` draws the ids from N random rows of each vocabulary only, so every size touches
 about the same number of rows per step and the table isolates the cost of the vocabulary size.
 Batches are pre-generated (a few per configuration, cycled). After warm-up, the configurations are
-timed round-robin, one step each per round, so noise from other processes hits all of them alike; the
-table reports the median (and 10th / 90th percentile) over `--steps` rounds. The last line is
+timed round-robin, one step each per round, so noise from other processes hits all of them alike;
+the table reports the median (and 10th / 90th percentile) over `--steps` rounds. The last line is
 `lazy_<max>_over_<min>=X dense_<max>_over_<min>=Y`, the median-step ratios between the largest and
 smallest vocabulary (with the defaults: `lazy_4m_over_10k=X dense_4m_over_10k=Y`).
 """
@@ -42,7 +42,9 @@ N_BATCHES = 4
 ZIPF_EXPONENT = 1.1
 
 
-def _sample_ids(rng: np.random.Generator, rows: int, how: str, active_rows: int | None) -> np.ndarray:
+def _sample_ids(
+    rng: np.random.Generator, rows: int, how: str, active_rows: int | None
+) -> np.ndarray:
     """N_BATCHES x BATCH x FIELDS ids in [0, rows): uniform, or Zipf over randomly permuted ranks.
 
     With `active_rows`, the ids come from that many randomly chosen rows of the vocabulary.
@@ -68,14 +70,19 @@ def _parse_rows(text: str) -> list[int]:
     try:
         rows = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--rows must be comma-separated integers; received {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--rows must be comma-separated integers; received {text!r}"
+        ) from None
     if len(rows) < 2 or rows[0] < 2:
-        raise argparse.ArgumentTypeError(f"--rows needs two or more distinct sizes >= 2; received {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--rows needs two or more distinct sizes >= 2; received {text!r}"
+        )
     return rows
 
 
 class _SparseLookupEmbedding(keras.layers.Embedding):
-    """keras Embedding whose lookup is a sparse read of the variable (no dense copy of the table)."""
+    """keras Embedding whose lookup is a sparse read of the variable (no dense copy of the
+    table)."""
 
     def call(self, inputs):
         return tf.gather(self.embeddings.value, inputs)
@@ -84,7 +91,9 @@ class _SparseLookupEmbedding(keras.layers.Embedding):
 class _Config:
     """One model + optimizer + tf.function step for a (vocabulary, optimizer) pair."""
 
-    def __init__(self, rows: int, kind: str, lookup: str, ids: str, active_rows: int | None, seed: int):
+    def __init__(
+        self, rows: int, kind: str, lookup: str, ids: str, active_rows: int | None, seed: int
+    ):
         self.rows, self.kind = rows, kind
         inputs = keras.Input((FIELDS,), dtype="int32")
         layer = _SparseLookupEmbedding if lookup == "sparse" else keras.layers.Embedding
@@ -130,10 +139,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", type=_parse_rows, default=[10_000, 1_000_000, 4_000_000])
     parser.add_argument("--steps", type=int, default=20, help="timed rounds (median reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration")
-    parser.add_argument("--lookup", choices=("sparse", "keras"), default="sparse",
-                        help="table read: tf.gather on the variable (sparse) or keras.layers.Embedding")
-    parser.add_argument("--ids", choices=("uniform", "zipf"), default="uniform",
-                        help=f"id distribution: uniform over the vocabulary or Zipf({ZIPF_EXPONENT})")
+    parser.add_argument(
+        "--lookup",
+        choices=("sparse", "keras"),
+        default="sparse",
+        help="table read: tf.gather on the variable (sparse) or keras.layers.Embedding",
+    )
+    parser.add_argument(
+        "--ids",
+        choices=("uniform", "zipf"),
+        default="uniform",
+        help=f"id distribution: uniform over the vocabulary or Zipf({ZIPF_EXPONENT})",
+    )
     parser.add_argument("--active_rows", type=int, default=None,
                         help="draw ids from only this many random rows of each vocabulary")
     parser.add_alias("--active-rows", "--active_rows")

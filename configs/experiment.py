@@ -190,13 +190,14 @@ class ExperimentConfig:
 
 
 # Named presets. `paper` is the paper's recipe exactly; dataset presets start from the adaptive
-# defaults that make the search work on data of that size (see README "Making the search work").
+# defaults that make the search work on data of that size (docs/DESIGN.md, "Making the search
+# work").
 # The parameter cost weights fields by vocabulary (real memory) on real data; the synthetic preset
 # weights every field alike, so the search ranks fields by the planted importance that its test
-# and the demo compare against (README, "Making the search work on data of any size").
+# and the demo compare against (docs/DESIGN.md, "Making the search work on data of any size").
 # The search embedding: zero-padded raw candidates (no per-candidate projection, no BatchNorm), so
 # the supernet's mixed embedding is the shared row under a soft column mask and alpha's gradient is
-# the value of each candidate's extra columns (README, "Making the search work", item 5).
+# the value of each candidate's extra columns (docs/DESIGN.md, "Making the search work").
 _ADAPTIVE = {"model": {"unify": "zero_pad", "candidate_norm": "none"},
              "search": {"temperature": "anneal", "min_arch_updates": 1000,
                         "arch_lr_budget": 3.0, "param_cost": 0.05,
@@ -249,7 +250,7 @@ def run_hash(cfg: ExperimentConfig | dict) -> str:
 
 # Named search embeddings (model overrides) that `pipeline.run --search_embeddings` chooses among
 # on validation: `raw` is what the adaptive presets search with, `ad2` the paper's AD-2 with the
-# affine BatchNorm (the presets before README "Making the search work", item 5).
+# affine BatchNorm (the presets before docs/DESIGN.md's search-embedding decision).
 SEARCH_EMBEDDINGS: dict[str, dict[str, str]] = {
     "raw": {"unify": "zero_pad", "candidate_norm": "none"},
     "ad2": {"unify": "linear", "candidate_norm": "batchnorm_affine"},

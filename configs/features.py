@@ -63,7 +63,9 @@ class FieldSpec:
         if self.name == LABEL_KEY:
             raise ConfigError(f"field name {self.name!r} is reserved for the label")
         if self.kind not in ("categorical", "numeric"):
-            raise ConfigError(f"field {self.name}: kind must be categorical or numeric, got {self.kind!r}")
+            raise ConfigError(
+                f"field {self.name}: kind must be categorical or numeric, got {self.kind!r}"
+            )
         if self.min_count is not None and self.min_count < 1:
             raise ConfigError(f"field {self.name}: min_count must be >= 1, got {self.min_count}")
 
@@ -153,7 +155,9 @@ def dataset_spec(name: str, overrides: dict[str, Any] | None = None) -> DatasetS
         data.setdefault("format", "csv")
         return from_dict(DatasetSpec, data, "dataset")
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS) + ['csv'])}")
+        raise ConfigError(
+            f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS) + ['csv'])}"
+        )
     if not overrides:
         return DATASETS[name]
     data = to_dict(DATASETS[name])

@@ -40,7 +40,9 @@ class SplitConfig:
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"split.{name} must be in [0, 1], got {value}")
         if self.train <= 0.0:
-            raise ConfigError(f"split.train must be > 0 (vocabularies come from it), got {self.train}")
+            raise ConfigError(
+                f"split.train must be > 0 (vocabularies come from it), got {self.train}"
+            )
         total = self.train + self.valid + self.test
         if abs(total - 1.0) > 1e-9:
             raise ConfigError(f"split fractions must sum to 1, got {self.train} + {self.valid} + "
@@ -69,10 +71,10 @@ class PreprocessConfig:
     num_shards: ShardConfig = ShardConfig()
     max_bad_fraction: float = 0.01
     # GZIP level of the TFRecords. Levels 1-3 are written by ISA-L (the `isal` package, pinned in
-    # requirements.txt; preprocessing.writing.gzip_class), others by zlib. Per row of the job's own Criteo
-    # records (570 bytes framed; 1M synthetic rows, in process): ISA-L 3: 1.92 us, 134.9 bytes;
-    # ISA-L 2: 1.45 us, 145.7 bytes; zlib 2: 6.09 us, 124.8 bytes; zlib 3: 7.62 us, 105.9 bytes;
-    # zlib 6 (its default) about 20 us. TensorFlow reads them all at the same speed.
+    # requirements.txt; preprocessing.writing.gzip_class), others by zlib. Per row of the job's own
+    # Criteo records (570 bytes framed; 1M synthetic rows, in process): ISA-L 3: 1.92 us, 134.9
+    # bytes; ISA-L 2: 1.45 us, 145.7 bytes; zlib 2: 6.09 us, 124.8 bytes; zlib 3: 7.62 us, 105.9
+    # bytes; zlib 6 (its default) about 20 us. TensorFlow reads them all at the same speed.
     compression_level: int = 3
 
     def __post_init__(self):

@@ -1,9 +1,9 @@
 """Concatenated embedding tables: all fields of the same width share ONE table.
 
-A plain per-field `keras.layers.Embedding` costs one gather (and one sparse gradient) per field; with
-39 fields that dominates a CTR step. Here fields are grouped by table width; each group stores its
-fields' tables stacked row-wise in one variable, and a lookup is `ids + row_offsets` followed by a
-single `tf.gather`, whose gradient is an `IndexedSlices` touching only the batch's rows (the
+A plain per-field `keras.layers.Embedding` costs one gather (and one sparse gradient) per field;
+with 39 fields that dominates a CTR step. Here fields are grouped by table width; each group stores
+its fields' tables stacked row-wise in one variable, and a lookup is `ids + row_offsets` followed by
+a single `tf.gather`, whose gradient is an `IndexedSlices` touching only the batch's rows (the
 row-sparse optimizer relies on that).
 
 `FieldTables` is a plain helper (not a layer): the owning layer calls `create` from its `build`, so
@@ -61,7 +61,9 @@ class FieldTables:
         )
         self.tables: list[keras.Variable] = []
 
-    def create(self, layer: keras.layers.Layer, initializer, name: str = "embeddings") -> list[keras.Variable]:
+    def create(
+        self, layer: keras.layers.Layer, initializer, name: str = "embeddings"
+    ) -> list[keras.Variable]:
         """Adds one variable per group to `layer` (call from the layer's `build`)."""
         self.tables = [
             layer.add_weight(
@@ -80,15 +82,21 @@ class FieldTables:
         Without this an id >= vocab_size of field m would silently read a row of field m + 1.
         """
         ids = tf.cast(ids, self.index_dtype)
-        if ids.shape.rank != 2 or (ids.shape[1] is not None and ids.shape[1] != len(self.vocab_sizes)):
+        if ids.shape.rank != 2 or (
+            ids.shape[1] is not None and ids.shape[1] != len(self.vocab_sizes)
+        ):
             raise ValueError(
-                f"{self.owner}: expected int ids of shape [batch, {len(self.vocab_sizes)}], got shape {ids.shape}"
+                f"{self.owner}: expected int ids of shape [batch, {len(self.vocab_sizes)}], got "
+                f"shape {ids.shape}"
             )
         vocab = tf.constant(self.vocab_sizes, dtype=self.index_dtype)
         in_range = tf.reduce_all((ids >= 0) & (ids < vocab))
         check = tf.debugging.Assert(
             in_range,
-            [f"{self.owner}: an id is outside [0, vocab_size) of its field; vocab_sizes={list(self.vocab_sizes)}"],
+            [
+                f"{self.owner}: an id is outside [0, vocab_size) of its field; "
+                f"vocab_sizes={list(self.vocab_sizes)}"
+            ],
             summarize=1,
         )
         with tf.control_dependencies([check]):
@@ -132,7 +140,8 @@ class FieldTables:
         return out
 
     def merge(self, parts: Sequence[tf.Tensor], field_major: bool = False) -> tf.Tensor:
-        """Per-group outputs (same last dim) -> [B, M, E] (or [M, B, E]) in the original field order."""
+        """Per-group outputs (same last dim) -> [B, M, E] (or [M, B, E]) in the original field
+        order."""
         field_axis = 0 if field_major else 1
         merged = parts[0] if len(parts) == 1 else tf.concat(list(parts), axis=field_axis)
         if self.identity_order:
@@ -140,7 +149,8 @@ class FieldTables:
         return tf.gather(merged, list(self.inverse_order), axis=field_axis)
 
     def lookup_padded(self, ids: tf.Tensor, width: int, field_major: bool = False) -> tf.Tensor:
-        """Each field's row zero-padded on the right to `width` columns: [B, M, width] (or [M, B, width])."""
+        """Each field's row zero-padded on the right to `width` columns: [B, M, width] (or
+        [M, B, width])."""
         parts = [
             p if g.width == width else tf.pad(p, [[0, 0], [0, 0], [0, width - g.width]])
             for g, p in zip(self.groups, self.lookup(ids, field_major))

@@ -20,13 +20,16 @@ def _is_int(value: Any) -> bool:
 def check_vocab_sizes(owner: str, vocab_sizes: Any) -> tuple[int, ...]:
     """A non-empty sequence of positive ints (one vocabulary size per field)."""
     if isinstance(vocab_sizes, (str, bytes)) or not isinstance(vocab_sizes, Sequence):
-        raise ValueError(f"{owner}: vocab_sizes must be a sequence of positive ints, got {vocab_sizes!r}")
+        raise ValueError(
+            f"{owner}: vocab_sizes must be a sequence of positive ints, got {vocab_sizes!r}"
+        )
     if len(vocab_sizes) == 0:
         raise ValueError(f"{owner}: vocab_sizes must not be empty, got {list(vocab_sizes)!r}")
     for i, v in enumerate(vocab_sizes):
         if not _is_int(v) or v < 1:
             raise ValueError(
-                f"{owner}: vocab_sizes[{i}] must be a positive int, got {v!r} (vocab_sizes={list(vocab_sizes)!r})"
+                f"{owner}: vocab_sizes[{i}] must be a positive int, got {v!r} "
+                f"(vocab_sizes={list(vocab_sizes)!r})"
             )
     return tuple(int(v) for v in vocab_sizes)
 
@@ -45,7 +48,9 @@ def check_dim_list(owner: str, name: str, dims: Any, *, increasing: bool) -> tup
         raise ValueError(f"{owner}: {name} must not be empty, got {list(dims)!r}")
     for i, d in enumerate(dims):
         if not _is_int(d) or d < 1:
-            raise ValueError(f"{owner}: {name}[{i}] must be a positive int, got {d!r} ({name}={list(dims)!r})")
+            raise ValueError(
+                f"{owner}: {name}[{i}] must be a positive int, got {d!r} ({name}={list(dims)!r})"
+            )
     if increasing and any(a >= b for a, b in zip(dims, dims[1:])):
         raise ValueError(f"{owner}: {name} must be strictly increasing, got {list(dims)!r}")
     return tuple(int(d) for d in dims)
@@ -69,7 +74,9 @@ def check_units(owner: str, name: str, units: Any) -> tuple[int, ...]:
         raise ValueError(f"{owner}: {name} must be a sequence of positive ints, got {units!r}")
     for i, u in enumerate(units):
         if not _is_int(u) or u < 1:
-            raise ValueError(f"{owner}: {name}[{i}] must be a positive int, got {u!r} ({name}={list(units)!r})")
+            raise ValueError(
+                f"{owner}: {name}[{i}] must be a positive int, got {u!r} ({name}={list(units)!r})"
+            )
     return tuple(int(u) for u in units)
 
 

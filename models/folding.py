@@ -34,9 +34,11 @@ def can_fold(model) -> bool:
 def fold_mlp_input(model: CTRModel) -> CTRModel:
     """A `mlp_input="raw"` copy of `model` (see the module docstring) with folded weights."""
     if not can_fold(model):
-        raise ValueError(f"fold_mlp_input: {type(model).__name__} {getattr(model, 'name', '')!r} has no "
-                         f"foldable unified MLP input (needs a MixedDimEmbedding re-training model with "
-                         f"DeepFM or WideDeep and mlp_input='unified')")
+        raise ValueError(
+            f"fold_mlp_input: {type(model).__name__} {getattr(model, 'name', '')!r} has no "
+            f"foldable unified MLP input (needs a MixedDimEmbedding re-training model with "
+            f"DeepFM or WideDeep and mlp_input='unified')"
+        )
     emb, backbone = model.embedding, model.backbone
     name = next(n for n, (cls, _) in BACKBONES.items() if isinstance(backbone, cls))
     mlp = backbone.mlp

@@ -82,7 +82,9 @@ class LazyAdam(keras.optimizers.Adam):
                 )
         for name, value in (("beta_1", beta_1), ("beta_2", beta_2)):
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"LazyAdam `{name}` must be a float in [0, 1); received {value!r}.")
+                raise ValueError(
+                    f"LazyAdam `{name}` must be a float in [0, 1); received {value!r}."
+                )
         if not isinstance(epsilon, (int, float)) or float(epsilon) <= 0.0:
             raise ValueError(f"LazyAdam `epsilon` must be a positive float; received {epsilon!r}.")
         if not isinstance(amsgrad, bool):

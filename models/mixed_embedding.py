@@ -4,8 +4,8 @@ Fields are grouped by dimension; each group is one concatenated table (sparse gr
 `unify="linear"`, one [M_g, d, output_dim] kernel and [M_g, output_dim] bias. A call gathers each
 field's rows from its group table, projects them with the field's slice of the kernel and stacks
 the fields in their original order: with mixed widths this per-field form is faster than grouped
-gathers plus a concat, a reorder gather and a transpose (serving latency, README). No BatchNorm
-(the paper drops it at re-training: there is nothing to compare).
+gathers plus a concat, a reorder gather and a transpose (serving latency, BENCHMARKS.md). No
+BatchNorm (the paper drops it at re-training: there is nothing to compare).
 
 Design choice: with `unify="linear"` every field is projected, including fields whose dim already
 equals `output_dim`. The paper's Eq. 1 transforms every candidate including d_N, so the re-trained

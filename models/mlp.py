@@ -30,16 +30,33 @@ class MLP(keras.layers.Layer):
         if not isinstance(batchnorm, bool):
             raise ValueError(f"MLP: batchnorm must be a bool, got {batchnorm!r}")
         self.batchnorm = batchnorm
-        if output_units is not None and (isinstance(output_units, bool) or not isinstance(output_units, int) or output_units < 1):
-            raise ValueError(f"MLP: output_units must be a positive int or None, got {output_units!r}")
+        if output_units is not None and (
+            isinstance(output_units, bool) or not isinstance(output_units, int) or output_units < 1
+        ):
+            raise ValueError(
+                f"MLP: output_units must be a positive int or None, got {output_units!r}"
+            )
         self.output_units = output_units
-        self.dense_layers = [keras.layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(self.hidden_units)]
+        self.dense_layers = [
+            keras.layers.Dense(u, name=f"dense_{i}") for i, u in enumerate(self.hidden_units)
+        ]
         self.norm_layers = (
-            [keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True, name=f"bn_{i}") for i in range(len(self.hidden_units))]
-            if batchnorm else []
+            [
+                keras.layers.BatchNormalization(
+                    momentum=0.9, epsilon=1e-5, synchronized=True, name=f"bn_{i}"
+                )
+                for i in range(len(self.hidden_units))
+            ]
+            if batchnorm
+            else []
         )
-        self.dropout_layers = [keras.layers.Dropout(self.dropout, name=f"dropout_{i}") for i in range(len(self.hidden_units))]
-        self.output_layer = keras.layers.Dense(output_units, name="output") if output_units else None
+        self.dropout_layers = [
+            keras.layers.Dropout(self.dropout, name=f"dropout_{i}")
+            for i in range(len(self.hidden_units))
+        ]
+        self.output_layer = (
+            keras.layers.Dense(output_units, name="output") if output_units else None
+        )
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -67,7 +84,9 @@ class MLP(keras.layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        last = self.output_units or (self.hidden_units[-1] if self.hidden_units else input_shape[-1])
+        last = self.output_units or (
+            self.hidden_units[-1] if self.hidden_units else input_shape[-1]
+        )
         return tuple(input_shape[:-1]) + (last,)
 
     def get_config(self):

@@ -29,12 +29,16 @@ def parameter_report(model) -> dict[str, int]:
     - total: all trainable parameters.
     """
     if not model.built:
-        raise ValueError("parameter_report: the model is not built; call it on a batch or build it first")
+        raise ValueError(
+            "parameter_report: the model is not built; call it on a batch or build it first"
+        )
     trainable = list(model.trainable_variables)
     groups = {
         "embedding": list(model.embedding.embedding_variables),
         "transform": list(getattr(model.embedding, "transform_variables", [])),
-        "first_order": list(model.first_order.trainable_variables) if model.first_order is not None else [],
+        "first_order": list(model.first_order.trainable_variables)
+        if model.first_order is not None
+        else [],
         "architecture": list(model.arch_variables),
     }
     seen = {id(v) for vs in groups.values() for v in vs}

@@ -20,10 +20,10 @@ supernet as it is (no retraining):
 - alpha is restored exactly afterwards.
 
 Every accepted move lowers the mean validation loss, or keeps it and lowers a dimension, so the
-descent cannot cycle. Measured (README, "Validated derivation"): smaller dimensions the supernet
-scored as no worse often retrained worse, hence "up" by default. Cost: one pass over the rows for the argmax architecture plus one per
-alternative tried, at most 1 + sweeps x sum_m (N_m - 1) passes (architectures seen before are not
-evaluated again).
+descent cannot cycle. Measured (docs/DESIGN.md, "Derivation"): smaller dimensions the
+supernet scored as no worse often retrained worse, hence "up" by default. Cost: one pass over the
+rows for the argmax architecture plus one per alternative tried, at most
+1 + sweeps x sum_m (N_m - 1) passes (architectures seen before are not evaluated again).
 
 The decision rule (`paired_difference`, `accepts`, `best_move`, `margin_order`,
 `coordinate_descent`) is plain numpy; `derive_validated` is the TensorFlow side.
@@ -129,7 +129,9 @@ def coordinate_descent(evaluate: Callable[[tuple], np.ndarray], start: Sequence[
 
 
 # ---------------------------------------------------------------------- TensorFlow side
-def load_rows(data_dir: str, schema, max_rows: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def load_rows(
+    data_dir: str, schema, max_rows: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The first `max_rows` validation rows in file order: ids int32 [R, M], labels float32 [R]."""
     from pipeline import input as input_lib
 

@@ -62,7 +62,9 @@ def load_dims(source: str, schema: DataSchema, candidate_dims, *, trial: int = 0
     missing = [n for n in names if n not in fields]
     extra = [n for n in fields if n not in names]
     if missing or extra:
-        raise ConfigError(f"{path}: fields differ from the schema (missing {missing}, extra {extra})")
+        raise ConfigError(
+            f"{path}: fields differ from the schema (missing {missing}, extra {extra})"
+        )
     return {"source": str(path), "kind": "autodim", "dims": [int(fields[n]["dim"]) for n in names],
             "candidate_dims": data.get("candidate_dims"), "search_backbone": data.get("backbone"),
             "variant": data.get("variant")}

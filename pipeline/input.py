@@ -151,7 +151,10 @@ def make_dataset(data_dir: str, schema: DataSchema, split: str, batch_size: int,
 
     num_pipelines, pipeline_id = 1, 0
     if input_context is not None:
-        num_pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+        num_pipelines, pipeline_id = (
+            input_context.num_input_pipelines,
+            input_context.input_pipeline_id,
+        )
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     shard_files = num_pipelines > 1 and len(files) >= num_pipelines
     shard_chunks = num_pipelines > 1 and not shard_files

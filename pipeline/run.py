@@ -36,26 +36,48 @@ DEMO_ROWS = 100_000
 
 
 def run(args) -> dict:
+    """The stages in order (each resumes); returns summary.json's contents."""
     from pipeline.retrain import retrain
     from pipeline.runtime import atomic_write_json
-    from pipeline.search import format_dims, run_search
+    from pipeline.search import format_dims
 
-    costs, embeddings = None, None
-    if args.param_costs is not None:  # checked before anything runs
-        from pipeline.tuning import parse_costs
+    costs, embeddings, tolerance = _tuning_options(args)  # checked before anything runs
+    work = Path(args.workdir)
+    data, truth = _prepare_data(args, work)
+    schema = DataSchema.load(data)
+    preset = args.preset or ("synthetic" if args.demo else preset_for_dataset(schema.dataset))
+    cfg = resolve(preset, args.config, args.set)
+    if costs:
+        autodim = _tuned_autodim(args, data, work, cfg, preset, costs, tolerance, embeddings)
+    else:
+        autodim = _autodim(args, data, work, cfg, preset)
+    fde = retrain(str(data), f"fde:{args.fde_dim}", str(work / f"retrain_fde{args.fde_dim}"), cfg,
+                  quiet=args.quiet, preset=preset)
+    export_dir = None if args.no_export else _export(args, work, schema, autodim["retrain_dir"])
+    summary = _summary(schema, preset, work, autodim, fde, export_dir, truth)
+    atomic_write_json(work / "summary.json", summary)
+    print(format_dims(autodim["dims"]))
+    print(report(summary, args.fde_dim))
+    return summary
 
-        costs = parse_costs(args.param_costs)
+
+def _tuning_options(args):
+    """--param_costs, --search_embeddings and --cost_tolerance, parsed and checked."""
+    from pipeline.tuning import parse_costs, parse_embeddings, parse_tolerance
+
+    costs = parse_costs(args.param_costs) if args.param_costs is not None else None
+    embeddings = None
     if args.search_embeddings is not None:
-        from pipeline.tuning import parse_embeddings
-
         embeddings = parse_embeddings(args.search_embeddings)
         if costs is None:
             raise ConfigError("--search_embeddings needs --param_costs (e.g. --param_costs "
                               "0.01,0.05): the embeddings are searched at each cost")
-    from pipeline.tuning import parse_tolerance
+    return costs, embeddings, parse_tolerance(args.cost_tolerance)
 
-    tolerance = parse_tolerance(args.cost_tolerance)
-    work = Path(args.workdir)
+
+def _prepare_data(args, work: Path) -> tuple[Path, dict | None]:
+    """WORKDIR/data (the demo's synthetic rows written and the Beam job run unless done) and,
+    for --demo, the planted truth."""
     data = work / "data"
     if not args.demo and not (data / SCHEMA_FILE).exists() and not (args.dataset and args.input):
         raise ConfigError(f"--dataset and --input are required (or --demo): {data} holds no "
@@ -75,7 +97,6 @@ def run(args) -> dict:
         dataset, input_glob = "criteo", str(raw)
     else:
         dataset, input_glob = args.dataset, args.input
-
     if not (data / SCHEMA_FILE).exists():
         from preprocessing import run as preprocess
 
@@ -85,61 +106,72 @@ def run(args) -> dict:
             argv += ["--preprocess_config", args.preprocess_config]
         res = preprocess.run(argv + list(args.beam_args))
         print(preprocess.summary(res))
-    schema = DataSchema.load(data)
-    preset = args.preset or ("synthetic" if args.demo else preset_for_dataset(schema.dataset))
-    cfg = resolve(preset, args.config, args.set)
+    return data, truth
 
-    selection = None
-    if costs:
-        from pipeline.tuning import format_selection, tune_param_cost
 
-        print(f"[3-4/5] searching and retraining at each parameter cost "
-              f"({', '.join(map(str, costs))}; preset {preset})"
-              + (f" and search embedding ({', '.join(embeddings)})" if embeddings else "")
-              + ", choosing on validation AUC")
-        selection = tune_param_cost(str(data), work, cfg, costs, tolerance=tolerance,
-                                    quiet=args.quiet, preset=preset, embeddings=embeddings)
-        print(format_selection(selection))
-        chosen = selection["candidates"][selection["chosen"]]
-        search_dir, auto_dir = Path(chosen["search_dir"]), Path(chosen["retrain_dir"])
-        dims = json.loads((search_dir / "dims.json").read_text(encoding="utf-8"))
-        auto = json.loads((auto_dir / "metrics.json").read_text(encoding="utf-8"))
-        print(f"[4/5] retraining the FDE-{args.fde_dim} baseline")
-    else:
-        search_dir, auto_dir = work / "search", work / "retrain_autodim"
-        print(f"[3/5] searching dimensions (preset {preset}) -> {search_dir}")
-        dims = run_search(str(data), str(search_dir), cfg, quiet=args.quiet, preset=preset)
-        print(f"[4/5] retraining the searched dimensions and the FDE-{args.fde_dim} baseline")
-        auto = retrain(str(data), str(search_dir / "dims.json"), str(auto_dir), cfg,
-                       quiet=args.quiet, preset=preset)
-    fde = retrain(str(data), f"fde:{args.fde_dim}", str(work / f"retrain_fde{args.fde_dim}"), cfg,
-                  quiet=args.quiet, preset=preset)
-    export_dir = None
-    if not args.no_export:
-        from pipeline.export import export
+def _autodim(args, data: Path, work: Path, cfg, preset: str) -> dict:
+    """One search and the retraining of its dimensions."""
+    from pipeline.retrain import retrain
+    from pipeline.search import run_search
 
-        name = "demo" if args.demo else schema.dataset
-        latest = _latest_export(work / "exports" / name)
-        if latest is not None and _exported_from(latest) == str(auto_dir.resolve()):
-            export_dir = latest  # a rerun: the model was exported already
-        else:  # first run, or --param_costs chose another model: a new version
-            print(f"[5/5] exporting the AutoDim model -> {work / 'exports'}")
-            export_dir = export(auto_dir, work / "exports", name)
+    search_dir, auto_dir = work / "search", work / "retrain_autodim"
+    print(f"[3/5] searching dimensions (preset {preset}) -> {search_dir}")
+    dims = run_search(str(data), str(search_dir), cfg, quiet=args.quiet, preset=preset)
+    print(f"[4/5] retraining the searched dimensions and the FDE-{args.fde_dim} baseline")
+    auto = retrain(str(data), str(search_dir / "dims.json"), str(auto_dir), cfg,
+                   quiet=args.quiet, preset=preset)
+    return {"dims": dims, "metrics": auto, "retrain_dir": auto_dir, "selection": None}
 
+
+def _tuned_autodim(args, data: Path, work: Path, cfg, preset: str, costs, tolerance,
+                   embeddings) -> dict:
+    """A search and retraining per parameter cost (and search embedding), the best kept on
+    validation (pipeline/tuning.py)."""
+    from pipeline.tuning import format_selection, tune_param_cost
+
+    print(f"[3-4/5] searching and retraining at each parameter cost "
+          f"({', '.join(map(str, costs))}; preset {preset})"
+          + (f" and search embedding ({', '.join(embeddings)})" if embeddings else "")
+          + ", choosing on validation AUC")
+    selection = tune_param_cost(str(data), work, cfg, costs, tolerance=tolerance,
+                                quiet=args.quiet, preset=preset, embeddings=embeddings)
+    print(format_selection(selection))
+    chosen = selection["candidates"][selection["chosen"]]
+    search_dir, auto_dir = Path(chosen["search_dir"]), Path(chosen["retrain_dir"])
+    dims = json.loads((search_dir / "dims.json").read_text(encoding="utf-8"))
+    auto = json.loads((auto_dir / "metrics.json").read_text(encoding="utf-8"))
+    print(f"[4/5] retraining the FDE-{args.fde_dim} baseline")
+    return {"dims": dims, "metrics": auto, "retrain_dir": auto_dir, "selection": selection}
+
+
+def _export(args, work: Path, schema, auto_dir: Path) -> Path:
+    """The AutoDim model as a TF Serving version (a rerun keeps the version already made)."""
+    from pipeline.export import export
+
+    name = "demo" if args.demo else schema.dataset
+    latest = _latest_export(work / "exports" / name)
+    if latest is not None and _exported_from(latest) == str(auto_dir.resolve()):
+        return latest  # a rerun: the model was exported already
+    # first run, or --param_costs chose another model: a new version
+    print(f"[5/5] exporting the AutoDim model -> {work / 'exports'}")
+    return export(auto_dir, work / "exports", name)
+
+
+def _summary(schema, preset: str, work: Path, autodim: dict, fde: dict, export_dir,
+             truth: dict | None) -> dict:
+    """summary.json: AutoDim against FDE (and the planted truth, for --demo)."""
+    auto, dims = autodim["metrics"], autodim["dims"]
     summary = {"dataset": schema.dataset, "preset": preset, "workdir": str(work),
                "autodim": _brief(auto), "fde": _brief(fde),
                "params_share_of_fde": auto["params"] / fde["params"] if fde["params"] else None,
                "auc_delta": auto["test_auc"] - fde["test_auc"],
                "dims": {n: dims["fields"][n]["dim"] for n in dims["field_order"]},
                "export": str(export_dir) if export_dir else None}
-    if selection is not None:
-        summary["param_cost_selection"] = selection
+    if autodim["selection"] is not None:
+        summary["param_cost_selection"] = autodim["selection"]
     if truth:
         summary["truth"] = {f["name"]: {"informative": f["informative"],
                                         "latent_dim": f["latent_dim"]} for f in truth["fields"]}
-    atomic_write_json(work / "summary.json", summary)
-    print(format_dims(dims))
-    print(report(summary, args.fde_dim))
     return summary
 
 
@@ -180,8 +212,9 @@ def report(summary: dict, fde_dim: int) -> str:
         avg_n = sum(summary["dims"][n] for n in noise) / max(len(noise), 1)
         lines.append(f"  mean dim: informative fields {avg_i:.1f}, noise fields {avg_n:.1f}")
     lines.append(f"{'model':<12} {'test AUC':>9} {'logloss':>9} {'emb params':>12}")
-    lines.append(f"{'AutoDim':<12} {a['test_auc']:>9.4f} {a['test_logloss']:>9.4f} {a['params']:>12,}")
-    lines.append(f"{'FDE-' + str(fde_dim):<12} {f['test_auc']:>9.4f} {f['test_logloss']:>9.4f} {f['params']:>12,}")
+    for label, m in (("AutoDim", a), (f"FDE-{fde_dim}", f)):
+        lines.append(f"{label:<12} {m['test_auc']:>9.4f} {m['test_logloss']:>9.4f} "
+                     f"{m['params']:>12,}")
     share = summary["params_share_of_fde"]
     lines.append(f"AutoDim uses {100 * share:.1f}% of FDE-{fde_dim}'s embedding parameters, "
                  f"AUC {summary['auc_delta']:+.4f}")

@@ -19,7 +19,8 @@ CONFIG_FILE = "config.json"
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     """Writes JSON so a reader never sees a half-written file: into `.NAME.XXXXXXXX` beside it,
     then renamed (only a crash leaves that temporary behind). The file's mode follows the umask
-    (0o666 & ~umask) like every other file the pipeline writes; tempfile.mkstemp would give 0o600."""
+    (0o666 & ~umask) like every other file the pipeline writes; tempfile.mkstemp would give
+    0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -58,7 +59,9 @@ def prepare_model_dir(model_dir: str | Path, record: dict, rehash=None) -> Path:
         try:
             old = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: invalid JSON ({exc}); remove it or use a new --model_dir") from None
+            raise ConfigError(
+                f"{path}: invalid JSON ({exc}); remove it or use a new --model_dir"
+            ) from None
         if rehash is not None and isinstance(old.get("config"), dict):
             try:
                 old = {**old, "config_hash": rehash(old["config"])}

@@ -190,8 +190,12 @@ class StreamingStats:
         self.BINS = int(bins)
         self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name=f"{name}_loss_sum")
         self.count = tf.Variable(0.0, dtype=tf.float64, trainable=False, name=f"{name}_count")
-        self.pos = tf.Variable(tf.zeros([self.BINS], tf.float64), trainable=False, name=f"{name}_pos")
-        self.neg = tf.Variable(tf.zeros([self.BINS], tf.float64), trainable=False, name=f"{name}_neg")
+        self.pos = tf.Variable(
+            tf.zeros([self.BINS], tf.float64), trainable=False, name=f"{name}_pos"
+        )
+        self.neg = tf.Variable(
+            tf.zeros([self.BINS], tf.float64), trainable=False, name=f"{name}_neg"
+        )
 
     def batch(self, labels, logits, per_example):
         """Per-replica sufficient statistics of one batch."""

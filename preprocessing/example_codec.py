@@ -10,7 +10,8 @@ byte-identical to TensorFlow's (tests/test_preprocessing_codec.py checks it agai
     Features { map<string, Feature> feature = 1; }      entry: key = 1 (string), value = 2
     Feature  { oneof { BytesList bytes_list = 1; FloatList float_list = 2;
                        Int64List int64_list = 3; } }
-    Int64List { repeated int64 value = 1 [packed]; }  FloatList { repeated float value = 1 [packed]; }
+    Int64List { repeated int64 value = 1 [packed]; }
+    FloatList { repeated float value = 1 [packed]; }
 
 Without TensorFlow the Beam workers start in seconds instead of ~25 s.
 """

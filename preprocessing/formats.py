@@ -16,14 +16,21 @@ import datetime
 import functools
 import hashlib
 import operator
-from bisect import bisect_right
 import re
+from bisect import bisect_right
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from configs.features import (AVAZU_COLUMNS, FRAPPE_FIELDS, MOVIELENS_FIELDS, DatasetSpec,
-                              MISSING_TOKEN, categorical_token, numeric_token)
+from configs.features import (
+    AVAZU_COLUMNS,
+    FRAPPE_FIELDS,
+    MISSING_TOKEN,
+    MOVIELENS_FIELDS,
+    DatasetSpec,
+    categorical_token,
+    numeric_token,
+)
 from configs.loader import ConfigError
 
 Parsed = tuple[tuple[str, ...], float]

@@ -12,12 +12,14 @@ The plan (fixed for a `GENERATOR_VERSION`; the seed draws the values, latents an
   100,000 (`ladder(i) = round(2 * 50000 ** (i / 25))`) in a fixed Criteo-like order. Within a
   field, value rank r (0-based) has probability proportional to (r + 1) ** -s (Zipf, s per field
   in 0.5..1.3; 1.3 for the high-cardinality informative fields, so that most of their mass is on
-  values seen often enough to learn). The numeric fields are heavy-tailed integer counts (floor of lognormals, or
-  geometric counts; I2 has ~8% negative values -1..-3, as in Criteo) clipped at a per-field
-  maximum; after `configs.features.numeric_token`'s log bucketing they have 4..212 distinct tokens.
+  values seen often enough to learn). The numeric fields are heavy-tailed integer counts (floor of
+  lognormals, or geometric counts; I2 has ~8% negative values -1..-3, as in Criteo) clipped at a
+  per-field maximum; after `configs.features.numeric_token`'s log bucketing they have 4..212
+  distinct tokens.
 - Missing values at Criteo-like per-field rates (0 to 82%). A missing value of an informative
   field is a value of its own (it has its own bias and latent vector).
-- Labels. `P(y=1) = sigmoid(b0 + sum_f b_f[x_f] + alpha * sum_{(f,g) in PAIRS} <z_f[x_f], z_g[x_g]>)`
+- Labels.
+  `P(y=1) = sigmoid(b0 + sum_f b_f[x_f] + alpha * sum_{(f,g) in PAIRS} <z_f[x_f], z_g[x_g]>)`
   over the 11 informative fields only (`INFORMATIVE`): C1, C3, C5, C6, C14, C15, C16, C23 and the
   numeric I1, I5, I7 (numeric fields act through their log-bucket token). Each value x of an
   informative field f has a first-order bias b_f[x] ~ N(0, beta^2) and a latent vector
@@ -325,7 +327,9 @@ class SyntheticGenerator:
         return "\n".join(map("\t".join, zip(*cols))) + "\n"
 
 
-def iter_blocks(rows: int, seed: int, generator: SyntheticGenerator | None = None) -> Iterator[Block]:
+def iter_blocks(
+    rows: int, seed: int, generator: SyntheticGenerator | None = None
+) -> Iterator[Block]:
     """The blocks making up `rows` rows for `seed` (the last one truncated)."""
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
@@ -423,7 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="the TSV file to write (must not exist)")
     parser.add_argument("--rows", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--truth", default=None, help="ground truth JSON (default OUTPUT.truth.json)")
+    parser.add_argument(
+        "--truth", default=None, help="ground truth JSON (default OUTPUT.truth.json)"
+    )
     args = parser.parse_args(argv)
     if args.rows < 1:
         parser.error(f"--rows must be >= 1, got {args.rows}")

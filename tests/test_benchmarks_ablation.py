@@ -22,7 +22,9 @@ def test_grid_is_parsed_into_every_combination_and_bad_entries_are_refused():
     assert ablation.variant_label("fde:32", {}) == "fde32__as_is"
     assert ablation.variant_label("fde:32", {"f1": 8, "f0": 2}) == "fde32__f0=2__f1=8"
     # fields that run into their values stay apart (Criteo's C1..C26)
-    assert ablation.variant_label("fde:32", {"C1": 16}) != ablation.variant_label("fde:32", {"C11": 6})
+    assert ablation.variant_label("fde:32", {"C1": 16}) != ablation.variant_label(
+        "fde:32", {"C11": 6}
+    )
     assert ablation.base_label("runs/s{seed}/dims.json").startswith("dims_")
     for bad, message in (("f1", "expected FIELD=D1,D2"), ("f1=a", "must be integers"),
                          ("f1=", "one or more positive"), ("f1=0,8", "one or more positive")):
@@ -62,9 +64,25 @@ def small_data(tmp_path_factory):
 
 def test_ablation_runs_overrides_beside_fde_and_reuses_finished_runs(small_data, tmp_path, capsys):
     work, out = tmp_path / "work", tmp_path / "table.md"
-    args = ["--data_dir", str(small_data), "--grid", "f1=2,8", "--base", "fde:4", "--frontier", "4,8",
-            "--backbone", "fm", "--seeds", "0", "--workdir", str(work), "--output", str(out),
-            *[x for s in FAST for x in ("--set", s)]]
+    args = [
+        "--data_dir",
+        str(small_data),
+        "--grid",
+        "f1=2,8",
+        "--base",
+        "fde:4",
+        "--frontier",
+        "4,8",
+        "--backbone",
+        "fm",
+        "--seeds",
+        "0",
+        "--workdir",
+        str(work),
+        "--output",
+        str(out),
+        *[x for s in FAST for x in ("--set", s)],
+    ]
     assert ablation.main(args) == 0
     seed_dir = work / "fixture" / "fm" / "seed0"
     runs = {d: read_json(seed_dir / "ablation" / f"fde4__f1={d}" / "metrics.json") for d in (2, 8)}
@@ -110,8 +128,16 @@ def test_a_dims_json_base_is_per_seed_and_keeps_its_search_backbone(small_data, 
     dims = {"f0": 2, "f1": 16, "f2": 4, "f3": 8}
     base = tmp_path / "s0" / "dims.json"
     base.parent.mkdir()
-    base.write_text(json.dumps({"dataset": schema.dataset, "schema_hash": schema.schema_hash,
-                                "backbone": "fm", "fields": {k: {"dim": v} for k, v in dims.items()}}))
+    base.write_text(
+        json.dumps(
+            {
+                "dataset": schema.dataset,
+                "schema_hash": schema.schema_hash,
+                "backbone": "fm",
+                "fields": {k: {"dim": v} for k, v in dims.items()},
+            }
+        )
+    )
     work = tmp_path / "work"
     args = ["--data_dir", str(small_data), "--base", str(tmp_path / "s{seed}" / "dims.json"),
             "--grid", "f2=32", "--frontier", "4,8", "--seeds", "0", "--workdir", str(work),

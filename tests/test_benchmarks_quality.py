@@ -19,13 +19,20 @@ def run(auc, params, dims=None):
 
 
 def test_table_reports_means_shares_frontier_gaps_and_dims_correlation():
-    results = {("ml", "deepfm"): {
-        "fde2": [run(0.70, 100), run(0.72, 100)],
-        "fde8": [run(0.80, 400), run(0.80, 400)],
-        "autodim": [run(0.78, 200, {"a": 2, "b": 8, "c": 4}), run(0.76, 200, {"a": 2, "b": 16, "c": 8})],
-    }}
+    results = {
+        ("ml", "deepfm"): {
+            "fde2": [run(0.70, 100), run(0.72, 100)],
+            "fde8": [run(0.80, 400), run(0.80, 400)],
+            "autodim": [
+                run(0.78, 200, {"a": 2, "b": 8, "c": 4}),
+                run(0.76, 200, {"a": 2, "b": 16, "c": 8}),
+            ],
+        }
+    }
     lines = quality.summarise(results, frontier_dims=(2, 8))
-    rows = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]}
+    rows = {
+        line.split("|")[3].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]
+    }
     assert set(rows) == {"fde2", "fde8", "autodim"}
     ad = rows["autodim"]
     assert ad[3] == "0.7700 ± 0.0100"

@@ -58,7 +58,9 @@ def test_benchmark_runs_and_last_line_parses(tmp_path, capsys):
             if re.match(r"^(FDE|AD-\d|preset)\s", line)}
     assert sorted(rows) == ["AD-1", "AD-2", "AD-3", "AD-4", "FDE", "preset"]
     assert rows["preset"][1:3] == ["weight_sharing", "zero_pad"]
-    assert preset == pytest.approx(float(rows["preset"][3]) / float(rows["FDE"][3]), rel=0.05, abs=0.01)
+    assert preset == pytest.approx(
+        float(rows["preset"][3]) / float(rows["FDE"][3]), rel=0.05, abs=0.01
+    )
     assert rows["AD-2"][1:3] == ["weight_sharing", "linear"]
     assert rows["AD-3"][1:3] == ["separate", "zero_pad"]
     assert rows["FDE"][1:3] == ["fixed-32", "zero_pad"]

@@ -4,8 +4,14 @@ import json
 import pytest
 
 from configs import experiment
-from configs.features import (MISSING_TOKEN, DataSchema, FieldSchema, categorical_token,
-                              dataset_spec, numeric_token)
+from configs.features import (
+    MISSING_TOKEN,
+    DataSchema,
+    FieldSchema,
+    categorical_token,
+    dataset_spec,
+    numeric_token,
+)
 from configs.loader import ConfigError, config_hash, from_dict, parse_set_overrides, to_dict
 
 
@@ -27,7 +33,11 @@ def test_paper_preset_is_the_papers_recipe():
     assert cfg.model.candidate_dims == (2, 8, 16, 24, 32)
     assert cfg.model.candidate_norm == "batchnorm"
     assert (cfg.model.lookup, cfg.model.unify) == ("weight_sharing", "linear")  # AD-2
-    assert (cfg.search.batch_size, cfg.search.learning_rate, cfg.search.arch_update_every) == (2000, 1e-3, 10)
+    assert (cfg.search.batch_size, cfg.search.learning_rate, cfg.search.arch_update_every) == (
+        2000,
+        1e-3,
+        10,
+    )
     assert cfg.search.temperature == "paper" and cfg.search.min_arch_updates == 0
 
 
@@ -79,7 +89,10 @@ def test_round_trip_and_hash_stability():
 
 
 def test_parse_set_overrides_nested():
-    assert parse_set_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
+    assert parse_set_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {
+        "a": {"b": 1, "c": "x"},
+        "d": [1, 2],
+    }
     with pytest.raises(ConfigError, match="key=value"):
         parse_set_overrides(["nokey"])
 
@@ -157,10 +170,12 @@ def test_non_finite_numbers_in_yaml_files_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"search\.arch_learning_rate: nan is not a finite"):
         experiment.resolve("default", str(search))
     # the preprocessing config goes through the same loader, its untyped `dataset:` section too
-    for text, needle in [("max_bad_fraction: .inf\n", r"max_bad_fraction: inf "),
-                         ("split: {train: .nan, valid: 0.1, test: 0.1}\n", r"split\.train: nan "),
-                         ("dataset: {default_min_count: .inf}\n", r"dataset\.default_min_count: inf "),
-                         ("num_shards: {train: -.inf}\n", r"num_shards\.train: -inf ")]:
+    for text, needle in [
+        ("max_bad_fraction: .inf\n", r"max_bad_fraction: inf "),
+        ("split: {train: .nan, valid: 0.1, test: 0.1}\n", r"split\.train: nan "),
+        ("dataset: {default_min_count: .inf}\n", r"dataset\.default_min_count: inf "),
+        ("num_shards: {train: -.inf}\n", r"num_shards\.train: -inf "),
+    ]:
         path = tmp_path / "pre.yaml"
         path.write_text(text)
         with pytest.raises(ConfigError, match=needle + "is not a finite number"):
@@ -171,4 +186,7 @@ def test_non_finite_numbers_in_yaml_files_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"search\.learning_rate: nan is not a finite"):
         from_dict(experiment.ExperimentConfig, json.loads(json.dumps(data)))
     # finite values still load
-    assert experiment.resolve("default", None, ["search.learning_rate=1e-2"]).search.learning_rate == 0.01
+    assert (
+        experiment.resolve("default", None, ["search.learning_rate=1e-2"]).search.learning_rate
+        == 0.01
+    )

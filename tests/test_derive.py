@@ -276,7 +276,7 @@ def test_validated_derivation_end_to_end(small_data, tmp_path, monkeypatch):
           f"{dv['seconds']:.2f}s, {len(dv['moves'])} moves")
 
 
-MIRRORED = r'''
+MIRRORED = r"""
 import json, sys
 import numpy as np
 import tensorflow as tf
@@ -314,9 +314,10 @@ for name, model in (("single", single), ("mirrored", mirrored)):
                  "argmax_loss": rec["argmax_valid_logloss"], "evaluations": rec["evaluations"],
                  "restored": bool(np.array_equal(before, model.embedding.alpha.numpy())),
                  "copies": [bool(np.array_equal(before, v.numpy())) for v in
-                            getattr(model.embedding.alpha.value, "values", [model.embedding.alpha])]}
+                            getattr(model.embedding.alpha.value, "values",
+                                    [model.embedding.alpha])]}
 print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 def test_derivation_under_mirrored_strategy_matches_single_device(tmp_path):

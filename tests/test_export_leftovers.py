@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 
-
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

@@ -18,8 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _schema(fields=FIELDS, vocab=1000) -> DataSchema:
-    return DataSchema(dataset="test", fields=tuple(FieldSchema(n, "categorical", vocab) for n in fields),
-                      splits={"train": 0}, label_rate=0.5, config={}, config_hash="h")
+    return DataSchema(
+        dataset="test",
+        fields=tuple(FieldSchema(n, "categorical", vocab) for n in fields),
+        splits={"train": 0},
+        label_rate=0.5,
+        config={},
+        config_hash="h",
+    )
 
 
 def _example(ids: dict, label: float) -> bytes:
@@ -77,7 +83,9 @@ def test_batches_hold_the_written_ids_in_schema_order(data):
     np.testing.assert_array_equal(labels, (n % 3 == 0).astype(np.float32))
     # schema order, not record order: a schema listing fields differently gets them so
     reordered = _schema(("C3", "I1"))
-    x, _ = next(iter(inp.make_dataset(str(root), reordered, "train", 8, shuffle=False, repeat=False)))
+    x, _ = next(
+        iter(inp.make_dataset(str(root), reordered, "train", 8, shuffle=False, repeat=False))
+    )
     np.testing.assert_array_equal(x.numpy()[:, 0], 10 * x.numpy()[:, 1] + 3)
 
 
@@ -169,7 +177,9 @@ def test_wrong_feature_type_and_oversized_vocab_are_named(tmp_path, data):
     root, schema = data
     split_dir = tmp_path / "train"
     split_dir.mkdir()
-    with tf.io.TFRecordWriter(str(split_dir / "part-00000-of-00001.tfrecord.gz"), options="GZIP") as w:
+    with tf.io.TFRecordWriter(
+        str(split_dir / "part-00000-of-00001.tfrecord.gz"), options="GZIP"
+    ) as w:
         feature = {n: tf.train.Feature(int64_list=tf.train.Int64List(value=[1])) for n in FIELDS}
         feature["C2"] = tf.train.Feature(float_list=tf.train.FloatList(value=[1.0]))
         feature["label"] = tf.train.Feature(float_list=tf.train.FloatList(value=[0.0]))
@@ -185,7 +195,9 @@ def test_a_later_record_missing_a_field_fails_naming_it(tmp_path):
     TF's message, which names the feature."""
     split_dir = tmp_path / "train"
     split_dir.mkdir()
-    with tf.io.TFRecordWriter(str(split_dir / "part-00000-of-00001.tfrecord.gz"), options="GZIP") as w:
+    with tf.io.TFRecordWriter(
+        str(split_dir / "part-00000-of-00001.tfrecord.gz"), options="GZIP"
+    ) as w:
         w.write(_example(dict(zip(FIELDS, (1, 2, 3, 4))), 1.0))
         w.write(_example(dict(zip(FIELDS[:3], (1, 2, 3))), 1.0))
     ds = inp.make_dataset(str(tmp_path), _schema(), "train", 8, shuffle=False, repeat=False)

@@ -1,4 +1,5 @@
-"""Tests for models.lazy_adam.LazyAdam: sparse rows match Keras Adam, untouched rows stay bitwise."""
+"""Tests for models.lazy_adam.LazyAdam: sparse rows match Keras Adam, untouched rows stay
+bitwise."""
 
 import json
 import os
@@ -35,7 +36,8 @@ def _slots(opt, var):
 
 
 def _tape_grad(var, ids, weights):
-    """IndexedSlices gradient of sum(gather(var, ids) * weights), as a real embedding lookup gives."""
+    """IndexedSlices gradient of sum(gather(var, ids) * weights), as a real embedding lookup
+    gives."""
     with tf.GradientTape() as tape:
         loss = tf.reduce_sum(tf.gather(var, ids) * weights)
     grad = tape.gradient(loss, var)
@@ -51,7 +53,9 @@ def test_matches_keras_adam_on_rows_touched_every_step():
     for _ in range(6):
         weights = tf.constant(rng.normal(size=(4, DIM)), tf.float32)
         lazy.apply_gradients([(_tape_grad(lazy_var, ids, weights), lazy_var)])
-        dense.apply_gradients([(tf.convert_to_tensor(_tape_grad(dense_var, ids, weights)), dense_var)])
+        dense.apply_gradients(
+            [(tf.convert_to_tensor(_tape_grad(dense_var, ids, weights)), dense_var)]
+        )
     rows = [2, 5, 7]
     np.testing.assert_allclose(lazy_var.numpy()[rows], dense_var.numpy()[rows], atol=1e-6, rtol=0)
     for lazy_slot, dense_slot in zip(_slots(lazy, lazy_var), _slots(dense, dense_var)):
@@ -78,7 +82,9 @@ def test_untouched_rows_and_their_slots_stay_bitwise_equal():
     # Dense Adam moves rows 1 and 9 on the second step (momentum): the check above is meaningful.
     dense_var = _table()
     dense = keras.optimizers.Adam(learning_rate=0.1)
-    dense.apply_gradients([(tf.convert_to_tensor(_slices(np.ones((3, DIM)), [1, 4, 9])), dense_var)])
+    dense.apply_gradients(
+        [(tf.convert_to_tensor(_slices(np.ones((3, DIM)), [1, 4, 9])), dense_var)]
+    )
     row_1 = dense_var.numpy()[1].copy()
     dense.apply_gradients([(tf.convert_to_tensor(_slices(np.full((1, DIM), 2.0), [4])), dense_var)])
     assert not np.array_equal(dense_var.numpy()[1], row_1)
@@ -95,7 +101,9 @@ def test_duplicate_indices_equal_dense_adam_with_summed_gradient():
         lazy.apply_gradients([(_slices(values, ids), lazy_var)])
         dense.apply_gradients([(tf.constant(summed), dense_var)])
     np.testing.assert_allclose(lazy_var.numpy(), dense_var.numpy(), atol=1e-6, rtol=0)
-    np.testing.assert_allclose(_slots(lazy, lazy_var)[1], _slots(dense, dense_var)[1], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        _slots(lazy, lazy_var)[1], _slots(dense, dense_var)[1], atol=1e-6, rtol=0
+    )
     # Applying duplicates without summing (last write wins) would give a different m.
     expected_m = 0.1 * values[[0, 2, 3], 0].sum() * (1 + 0.9 + 0.81)
     assert abs(_slots(lazy, lazy_var)[0][3, 0] - expected_m) < 1e-5
@@ -141,7 +149,9 @@ def test_clipping_uses_summed_rows_like_dense_gradient(clip):
         dense.apply_gradients([(dense_grad, dense_var), (other, dense_w)])
     np.testing.assert_allclose(lazy_var.numpy(), dense_var.numpy(), atol=1e-6, rtol=0)
     np.testing.assert_allclose(lazy_w.numpy(), dense_w.numpy(), atol=1e-6, rtol=0)
-    np.testing.assert_allclose(_slots(lazy, lazy_var)[0], _slots(dense, dense_var)[0], atol=1e-7, rtol=0)
+    np.testing.assert_allclose(
+        _slots(lazy, lazy_var)[0], _slots(dense, dense_var)[0], atol=1e-7, rtol=0
+    )
 
 
 def _graph_reads_whole_table(optimizer, rows=997, dim=5):
@@ -159,7 +169,9 @@ def _graph_reads_whole_table(optimizer, rows=997, dim=5):
 
     def collect(g):
         for op in g.get_operations():
-            shapes.extend(tuple(out.shape.as_list()) if out.shape.rank else () for out in op.outputs)
+            shapes.extend(
+                tuple(out.shape.as_list()) if out.shape.rank else () for out in op.outputs
+            )
         for func in g._functions.values():  # nested function bodies (cond branches, etc.)
             if getattr(func, "graph", None) is not None:
                 collect(func.graph)
@@ -248,7 +260,9 @@ def test_tf_function_step_with_second_optimizer_matches_two_dense_adams():
     np.testing.assert_allclose(table.numpy(), ref_table.numpy(), atol=1e-6, rtol=0)
     np.testing.assert_allclose(kernel.numpy(), ref_kernel.numpy(), atol=1e-6, rtol=0)
     untouched = [0, 2, 3, 5, 7, 8, 10, 11]
-    np.testing.assert_array_equal(table.numpy()[untouched], _two_optimizer_model()[0].numpy()[untouched])
+    np.testing.assert_array_equal(
+        table.numpy()[untouched], _two_optimizer_model()[0].numpy()[untouched]
+    )
     assert int(emb_opt.iterations.numpy()) == 5 and int(dense_opt.iterations.numpy()) == 5
 
 
@@ -302,7 +316,9 @@ def test_checkpoint_restore_gives_identical_continued_updates(tmp_path):
         opt2 = LazyAdam(learning_rate=0.03)
         if build_first:
             opt2.build([var2])
-        tf.train.Checkpoint(table=var2, optimizer=opt2).restore(path).assert_existing_objects_matched()
+        tf.train.Checkpoint(table=var2, optimizer=opt2).restore(
+            path
+        ).assert_existing_objects_matched()
         assert int(opt2.iterations.numpy()) == 2
         for values, ids in grads[2:]:
             opt2.apply_gradients([(_slices(values, ids), var2)])
@@ -346,7 +362,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
         def replica_step(x, y):
             with tf.GradientTape() as tape:
                 emb = tf.reshape(tf.gather(table, x), [-1, FIELDS * DIM])
-                per_example = tf.nn.sigmoid_cross_entropy_with_logits(y, tf.matmul(emb, kernel)[:, 0])
+                logits = tf.matmul(emb, kernel)[:, 0]
+                per_example = tf.nn.sigmoid_cross_entropy_with_logits(y, logits)
                 loss = tf.nn.compute_average_loss(per_example, global_batch_size=BATCH)
             g_table, g_kernel = tape.gradient(loss, [table, kernel])
             emb_opt.apply_gradients([(g_table, table)])
@@ -382,7 +399,7 @@ def test_mirrored_strategy_two_cpus_matches_single_device():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT "):])
     assert result["replicas"] == 2
@@ -400,7 +417,12 @@ def test_benchmark_runs_and_prints_ratio_line(capsys):
     result = sparse_update.main(["--rows", "50,3000", "--steps", "2", "--warmup", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("lazy_3k_over_50=") and " dense_3k_over_50=" in lines[-1]
-    assert set(result["medians_ms"]) == {(50, "dense"), (50, "lazy"), (3000, "dense"), (3000, "lazy")}
+    assert set(result["medians_ms"]) == {
+        (50, "dense"),
+        (50, "lazy"),
+        (3000, "dense"),
+        (3000, "lazy"),
+    }
     assert all(ms > 0 for ms in result["medians_ms"].values())
     assert "IndexedSlices" in lines[2]  # the table's gradient reached the optimizer sparse
     with pytest.raises(SystemExit):

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import itertools
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from models.backbones.dcn_v2 import DCNv2
 from models.backbones.fm import FM
@@ -20,7 +20,9 @@ IDS = np.stack([np.arange(6) % v for v in VOCAB], axis=1)
 
 def test_fm_equals_brute_force_pairwise_sum():
     e = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
-    expected = [sum(e[b, i] @ e[b, j] for i, j in itertools.combinations(range(5), 2)) for b in range(3)]
+    expected = [
+        sum(e[b, i] @ e[b, j] for i, j in itertools.combinations(range(5), 2)) for b in range(3)
+    ]
     np.testing.assert_allclose(FM()(tf.constant(e)).numpy(), expected, rtol=1e-5)
 
 

@@ -1,10 +1,10 @@
 """CTRModel variable groups, save/load round trips, the factory and the Params report."""
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from models.backbones.deepfm import DeepFM
 from models.ctr_model import CTRModel
@@ -40,8 +40,16 @@ def test_variable_groups_partition_by_identity():
 @pytest.mark.parametrize("builder", ["search", "retrain"])
 def test_save_and_load_give_identical_outputs(tmp_path, builder):
     if builder == "search":
-        model = build_search_model("nfm", VOCAB, [(2, 4), (4,), (2, 4), (2,)], lookup="separate", unify="linear",
-                                   candidate_norm="batchnorm", seed=3, hidden_units=(8,))
+        model = build_search_model(
+            "nfm",
+            VOCAB,
+            [(2, 4), (4,), (2, 4), (2,)],
+            lookup="separate",
+            unify="linear",
+            candidate_norm="batchnorm",
+            seed=3,
+            hidden_units=(8,),
+        )
     else:
         model = build_retrain_model("autoint", VOCAB, [2, 4, 4, 2], unify="zero_pad", output_dim=6,
                                     hidden_units=(8,), attention_dim=4)
@@ -59,14 +67,21 @@ def test_save_and_load_give_identical_outputs(tmp_path, builder):
 
 
 def test_config_round_trip():
-    model = CTRModel(AutoDimEmbedding(VOCAB, (2, 8)), DeepFM(hidden_units=(4,)), VOCAB, first_order=False)
+    model = CTRModel(
+        AutoDimEmbedding(VOCAB, (2, 8)), DeepFM(hidden_units=(4,)), VOCAB, first_order=False
+    )
     clone = CTRModel.from_config(model.get_config())
     assert clone.get_config() == model.get_config()
-    assert clone.first_order is None and clone.embedding.field_candidates == model.embedding.field_candidates
+    assert (
+        clone.first_order is None
+        and clone.embedding.field_candidates == model.embedding.field_candidates
+    )
 
 
 def test_factory_errors_name_the_argument():
-    with pytest.raises(ValueError, match=r"unknown backbone 'xdeepfm'; known backbones: \['autoint', 'dcn_v2'"):
+    with pytest.raises(
+        ValueError, match=r"unknown backbone 'xdeepfm'; known backbones: \['autoint', 'dcn_v2'"
+    ):
         build_search_model("xdeepfm", VOCAB)
     with pytest.raises(ValueError, match="backbone 'deepfm': bad arguments"):
         build_retrain_model("deepfm", VOCAB, [2, 2, 2, 2], hiden_units=(3,))
@@ -91,7 +106,9 @@ def test_parameter_counts_equal_their_formulas():
     mlp = (M * E * 16 + 16) + 2 * 16 + (16 + 1)  # dense, BN gamma/beta, output
     assert report["mlp_and_interaction"] == mlp
     assert report["architecture"] == 0
-    assert report["total"] == sum(report[k] for k in ("embedding", "transform", "first_order", "mlp_and_interaction"))
+    assert report["total"] == sum(
+        report[k] for k in ("embedding", "transform", "first_order", "mlp_and_interaction")
+    )
 
     dims = (2, 4, 8)
     search = build_search_model("fm", VOCAB, dims, lookup="weight_sharing", unify="linear", seed=0)
@@ -100,7 +117,9 @@ def test_parameter_counts_equal_their_formulas():
     assert r["embedding"] == embedding_params(VOCAB, [8] * M)  # full d_N tables
     assert r["transform"] == sum(M * (d * E + E) for d in dims) + M * len(dims)  # + BN scale
     assert r["architecture"] == M * len(dims) and r["mlp_and_interaction"] == 0
-    separate = build_search_model("fm", VOCAB, dims, lookup="separate", unify="zero_pad", candidate_norm="none")
+    separate = build_search_model(
+        "fm", VOCAB, dims, lookup="separate", unify="zero_pad", candidate_norm="none"
+    )
     separate(IDS)
     r = parameter_report(separate)
     assert r["embedding"] == embedding_params(VOCAB, [sum(dims)] * M) and r["transform"] == 0

@@ -24,9 +24,13 @@ def test_zero_pad_groups_fields_by_dim_and_keeps_field_order():
     tables[4].assign(t4)
     got = layer(tf.constant(IDS)).numpy()
     assert got.shape == (2, 3, 4)
-    np.testing.assert_array_equal(got[0, 0], [0, 1, 0, 0])          # field 0, id 0 -> row 0 of the 2-wide table
-    np.testing.assert_array_equal(got[0, 1], t4[1])                 # field 1, id 1
-    np.testing.assert_array_equal(got[0, 2], [t2[3 + 3][0], t2[3 + 3][1], 0, 0])  # field 2 rows start at 3
+    np.testing.assert_array_equal(
+        got[0, 0], [0, 1, 0, 0]
+    )  # field 0, id 0 -> row 0 of the 2-wide table
+    np.testing.assert_array_equal(got[0, 1], t4[1])  # field 1, id 1
+    np.testing.assert_array_equal(
+        got[0, 2], [t2[3 + 3][0], t2[3 + 3][1], 0, 0]
+    )  # field 2 rows start at 3
     np.testing.assert_array_equal(got[1, 2], [t2[4][0], t2[4][1], 0, 0])
     assert layer.transform_variables == [] and layer.arch_variables == []
 
@@ -41,7 +45,7 @@ def test_linear_projects_every_field_with_its_own_weight_and_bias():
     biases = {b.shape[0]: b for b in layer.biases}
     kernels[1].assign([[[1.0, -1.0]], [[0.5, 2.0]]])          # fields 0 and 2
     biases[2].assign([[0.0, 1.0], [1.0, 0.0]])
-    kernels[2].assign([[[1.0, 0.0], [1.0, 1.0]]])            # field 1 (dim == output_dim, still projected)
+    kernels[2].assign([[[1.0, 0.0], [1.0, 1.0]]])  # field 1 (dim == output_dim, still projected)
     biases[1].assign([[0.5, 0.5]])
     got = layer(tf.constant([[2, 1, 3]])).numpy()[0]
     np.testing.assert_allclose(got[0], [3.0, -3.0 + 1.0])
@@ -71,7 +75,12 @@ def test_gradients_are_row_sparse():
     grads = tape.gradient(loss, layer.embedding_variables)
     assert all(isinstance(g, tf.IndexedSlices) for g in grads)
     rows_2wide = set(np.concatenate([IDS[:, 0], IDS[:, 1] + 3]).tolist())
-    assert set(grads[[v.shape[1] for v in layer.embedding_variables].index(2)].indices.numpy().tolist()) == rows_2wide
+    assert (
+        set(
+            grads[[v.shape[1] for v in layer.embedding_variables].index(2)].indices.numpy().tolist()
+        )
+        == rows_2wide
+    )
 
 
 def test_first_order_sums_one_weight_per_field_plus_bias():

@@ -1,10 +1,10 @@
 """AutoDimEmbedding against a direct numpy transcription of the paper's Eq. 1-7."""
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import keras
 
 from models.search_embedding import BN_EPSILON, BN_MOMENTUM, AutoDimEmbedding
 
@@ -23,7 +23,11 @@ def reference(layer, ids, p, norm_stats=None):
     """Per-candidate formula. Returns (output [B, M, E], per-candidate batch stats)."""
     table = layer.embedding_variables[0].numpy()
     dims, E = layer.field_candidates[0], layer.output_dim
-    starts = [0] * len(dims) if layer.lookup == "weight_sharing" else list(np.cumsum([0] + list(dims[:-1])))
+    starts = (
+        [0] * len(dims)
+        if layer.lookup == "weight_sharing"
+        else list(np.cumsum([0] + list(dims[:-1])))
+    )
     out = np.zeros((ids.shape[0], ids.shape[1], E))
     stats = {}
     for m in range(ids.shape[1]):
@@ -53,7 +57,9 @@ COMBOS = [(lk, un, nm) for lk in ("weight_sharing", "separate") for un in ("line
 
 @pytest.mark.parametrize("lookup,unify,norm", COMBOS)
 def test_matches_per_candidate_formula_in_training_and_inference(lookup, unify, norm):
-    layer = AutoDimEmbedding(VOCAB, (2, 3, 5), lookup=lookup, unify=unify, candidate_norm=norm, seed=1)
+    layer = AutoDimEmbedding(
+        VOCAB, (2, 3, 5), lookup=lookup, unify=unify, candidate_norm=norm, seed=1
+    )
     layer.build((None, 3))
     set_random_weights(layer)
     alpha = np.array([[0.5, -1.0, 2.0], [0.0, 0.3, 0.1], [1.5, 0.2, -0.4]], np.float32)
@@ -68,10 +74,14 @@ def test_matches_per_candidate_formula_in_training_and_inference(lookup, unify, 
         np.testing.assert_allclose(layer(tf.constant(IDS)).numpy(), expected, rtol=2e-4, atol=2e-5)
         return
     # Inference uses the moving statistics: momentum * init + (1 - momentum) * batch stats.
-    moving = {k: (BN_MOMENTUM * 0.0 + (1 - BN_MOMENTUM) * mu, BN_MOMENTUM * 1.0 + (1 - BN_MOMENTUM) * var)
-              for k, (mu, var) in stats.items()}
+    moving = {
+        k: (BN_MOMENTUM * 0.0 + (1 - BN_MOMENTUM) * mu, BN_MOMENTUM * 1.0 + (1 - BN_MOMENTUM) * var)
+        for k, (mu, var) in stats.items()
+    }
     expected_eval, _ = reference(layer, IDS[:2], softmax(alpha), norm_stats=moving)
-    np.testing.assert_allclose(layer(tf.constant(IDS[:2]), training=False).numpy(), expected_eval, rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(
+        layer(tf.constant(IDS[:2]), training=False).numpy(), expected_eval, rtol=2e-4, atol=2e-5
+    )
 
 
 def test_weight_sharing_candidates_are_prefixes_of_the_max_table():
@@ -106,7 +116,9 @@ def test_linear_unification_on_hand_built_weights():
     layer.alpha.assign(np.log([[0.25, 0.75]]).astype(np.float32))
     got = layer(tf.constant([[1]])).numpy()[0, 0]
     # x = [3, -1]; cand1 = [3] @ [[2, 0]] + 0.5 = [6.5, 0.5]; cand2 = [3, -1] @ W_2 + b = [3, 1]
-    np.testing.assert_allclose(got, 0.25 * np.array([6.5, 0.5]) + 0.75 * np.array([3.0, 1.0]), rtol=1e-6)
+    np.testing.assert_allclose(
+        got, 0.25 * np.array([6.5, 0.5]) + 0.75 * np.array([3.0, 1.0]), rtol=1e-6
+    )
 
 
 def test_gumbel_softmax_sums_to_one_and_sharpens_with_temperature():
@@ -115,7 +127,9 @@ def test_gumbel_softmax_sums_to_one_and_sharpens_with_temperature():
     layer.alpha.assign(np.random.default_rng(0).normal(0, 0.5, (50, 4)).astype(np.float32))
     first = layer.mixing_weights(training=True).numpy()
     np.testing.assert_allclose(first.sum(-1), 1.0, rtol=1e-5)
-    assert not np.allclose(first, layer.mixing_weights(training=True).numpy())  # fresh noise per call
+    assert not np.allclose(
+        first, layer.mixing_weights(training=True).numpy()
+    )  # fresh noise per call
     assert first.max(-1).mean() < 0.9
     layer.temperature.assign(0.01)
     cold = layer.mixing_weights(training=True).numpy()
@@ -123,7 +137,9 @@ def test_gumbel_softmax_sums_to_one_and_sharpens_with_temperature():
     assert cold.max(-1).mean() > 0.98
     assert (cold.max(-1) > 0.9).mean() >= 0.95
     # Evaluation: no noise, plain softmax(alpha) whatever the temperature.
-    np.testing.assert_allclose(layer.mixing_weights(training=False), softmax(layer.alpha.numpy()), rtol=1e-5)
+    np.testing.assert_allclose(
+        layer.mixing_weights(training=False), softmax(layer.alpha.numpy()), rtol=1e-5
+    )
     np.testing.assert_allclose(layer.probabilities(), softmax(layer.alpha.numpy()), rtol=1e-5)
 
 
@@ -140,7 +156,9 @@ def test_gradients_reach_alpha_and_only_the_batch_rows_of_the_table():
         assert np.abs(g_table.values.numpy()).sum() > 0
         assert g_alpha.shape == (3, 2) and np.abs(g_alpha.numpy()).sum() > 0
         assert layer.arch_variables == [layer.alpha]
-        assert all(v is not layer.alpha for v in layer.embedding_variables + layer.transform_variables)
+        assert all(
+            v is not layer.alpha for v in layer.embedding_variables + layer.transform_variables
+        )
 
 
 def test_per_field_candidate_lists():
@@ -166,7 +184,9 @@ def test_per_field_candidate_lists():
 @pytest.mark.parametrize("lookup,unify", [("weight_sharing", "linear"), ("separate", "zero_pad")])
 def test_per_field_lists_match_reference_with_batchnorm(lookup, unify):
     cands = [(2, 4), (1, 3)]
-    layer = AutoDimEmbedding([4, 3], cands, lookup=lookup, unify=unify, candidate_norm="batchnorm", seed=0)
+    layer = AutoDimEmbedding(
+        [4, 3], cands, lookup=lookup, unify=unify, candidate_norm="batchnorm", seed=0
+    )
     layer.build((None, 2))
     set_random_weights(layer, seed=2)
     layer.alpha.assign(np.zeros((2, 2), np.float32))
@@ -174,7 +194,9 @@ def test_per_field_lists_match_reference_with_batchnorm(lookup, unify):
     ids = np.array([[0, 1], [3, 2], [1, 0], [2, 2]])
     got = layer(tf.constant(ids), training=True).numpy()
     table = layer.embedding_variables[0].numpy()
-    widths = [sum(max(c[n] for c in cands) for n in range(2))] * 2 if lookup == "separate" else [4, 3]
+    widths = (
+        [sum(max(c[n] for c in cands) for n in range(2))] * 2 if lookup == "separate" else [4, 3]
+    )
     expected = np.zeros((4, 2, 4))
     for m, (offset, dims) in enumerate(zip([0, 4], cands)):
         if lookup == "weight_sharing" and widths[m] != 4:  # field 1 lives in its own 3-wide table
@@ -192,8 +214,15 @@ def test_per_field_lists_match_reference_with_batchnorm(lookup, unify):
 
 
 def test_config_round_trip_and_identical_outputs():
-    layer = AutoDimEmbedding(VOCAB, [(2, 4), (2, 4, 8), (8,)], lookup="separate", unify="zero_pad",
-                             candidate_norm="batchnorm", embeddings_initializer="glorot_uniform", seed=7)
+    layer = AutoDimEmbedding(
+        VOCAB,
+        [(2, 4), (2, 4, 8), (8,)],
+        lookup="separate",
+        unify="zero_pad",
+        candidate_norm="batchnorm",
+        embeddings_initializer="glorot_uniform",
+        seed=7,
+    )
     layer.build((None, 3))
     config = layer.get_config()
     clone = AutoDimEmbedding.from_config(config)
@@ -209,7 +238,9 @@ def test_batchnorm_affine_scale_starts_at_the_embedding_stddev():
     layer = AutoDimEmbedding(VOCAB, (2, 4))
     layer.build((None, 3))
     np.testing.assert_allclose(layer.candidate_scale.numpy(), 0.01)
-    custom = AutoDimEmbedding(VOCAB, (2, 4), embeddings_initializer=keras.initializers.RandomNormal(stddev=0.1))
+    custom = AutoDimEmbedding(
+        VOCAB, (2, 4), embeddings_initializer=keras.initializers.RandomNormal(stddev=0.1)
+    )
     custom.build((None, 3))
     np.testing.assert_allclose(custom.candidate_scale.numpy(), 0.1)
 

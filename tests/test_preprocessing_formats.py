@@ -9,7 +9,6 @@ from configs.preprocess import PreprocessConfig, load_preprocess_config, resolve
 from preprocessing import formats
 from preprocessing.formats import MalformedRecord
 
-
 # ----------------------------------------------------------------------------- token rules
 
 @pytest.mark.parametrize("raw, token", [

@@ -47,7 +47,9 @@ def test_fde_gives_exactly_d_and_metrics_match_the_saved_predictions(small_data,
     assert m["test_auc"] == pytest.approx(_auc(y, p), abs=1e-9)
     eps = 1e-7
     pc = np.clip(p.astype(np.float64), eps, 1 - eps)
-    assert m["test_logloss"] == pytest.approx(-np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc)), rel=1e-9)
+    assert m["test_logloss"] == pytest.approx(
+        -np.mean(y * np.log(pc) + (1 - y) * np.log(1 - pc)), rel=1e-9
+    )
     # the saved model reproduces the saved predictions
     model = keras.saving.load_model(tmp_path / "fde8" / "model.keras")
     ds = input_lib.make_dataset(str(small_data), schema, "test", 512, shuffle=False, repeat=False)
@@ -69,7 +71,16 @@ def test_fde_gives_exactly_d_and_metrics_match_the_saved_predictions(small_data,
 
 def test_retrain_resumes_after_sigkill_with_the_same_result(small_data, tmp_path):
     sets = [a for s in FAST + ["retrain.patience=100"] for a in ("--set", s)]
-    args = ["--data_dir", str(small_data), "--dims", "fde:4", "--preset", "default", "--quiet", *sets]
+    args = [
+        "--data_dir",
+        str(small_data),
+        "--dims",
+        "fde:4",
+        "--preset",
+        "default",
+        "--quiet",
+        *sets,
+    ]
     ref = run_module("pipeline.retrain", args + ["--model_dir", str(tmp_path / "ref")])
     assert ref.returncode == 0, ref.stderr[-2000:]
     killed = tmp_path / "killed"
@@ -183,7 +194,9 @@ def test_autodim_beats_random_dims_at_equal_parameters(planted_search, tmp_path)
     assert auto["test_auc"] > rand["test_auc"] + 0.005, (auto["test_auc"], rand["test_auc"])
 
 
-def test_a_dims_json_is_retrained_with_its_search_backbone_unless_another_is_asked(small_data, tmp_path):
+def test_a_dims_json_is_retrained_with_its_search_backbone_unless_another_is_asked(
+    small_data, tmp_path
+):
     from configs.features import DataSchema
     from pipeline.retrain import _search_backbone
 

@@ -7,8 +7,14 @@ import pytest
 from configs import experiment
 from configs.loader import ConfigError
 from pipeline.errors import NonFiniteLossError
-from tests.fixtures import (random_dataset_dir, read_json, run_module,
-                            sigkill_after_checkpoint, spearman, write_dataset)
+from tests.fixtures import (
+    random_dataset_dir,
+    read_json,
+    run_module,
+    sigkill_after_checkpoint,
+    spearman,
+    write_dataset,
+)
 
 VOCAB = [50, 30, 200, 20, 10, 100]
 
@@ -100,7 +106,9 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
     rng = np.random.default_rng(0)
     n = 6000
-    ids = {s: np.stack([rng.integers(0, v, n) for v in VOCAB], 1) for s in ("train", "valid", "test")}
+    ids = {
+        s: np.stack([rng.integers(0, v, n) for v in VOCAB], 1) for s in ("train", "valid", "test")
+    }
     labels = {s: (rng.random(n) < 0.3).astype(np.float32) for s in ids}
     # a corrupt validation split: pre-training (training batches only) stays finite and
     # checkpoints at steps 10 and 20; the first alpha update at step 21 poisons the model
@@ -214,7 +222,9 @@ def test_nan_message_promises_a_checkpoint_only_when_one_exists(tmp_path):
     assert "intact" not in msg and "by step 7" in msg
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), str(ckpt_dir), 2)
     saved = manager.save(checkpoint_number=20)
-    with pytest.raises(NonFiniteLossError, match=re.escape(f"last good checkpoint {saved} is intact")):
+    with pytest.raises(
+        NonFiniteLossError, match=re.escape(f"last good checkpoint {saved} is intact")
+    ):
         check_finite(float("inf"), 25, str(ckpt_dir))
     assert check_finite(1.5, 26, str(ckpt_dir)) == 1.5
 
@@ -224,7 +234,9 @@ def test_nan_before_the_first_checkpoint_says_none_was_written(tmp_path):
 
     rng = np.random.default_rng(0)
     n = 2000
-    ids = {s: np.stack([rng.integers(0, v, n) for v in VOCAB], 1) for s in ("train", "valid", "test")}
+    ids = {
+        s: np.stack([rng.integers(0, v, n) for v in VOCAB], 1) for s in ("train", "valid", "test")
+    }
     labels = {s: (rng.random(n) < 0.3).astype(np.float32) for s in ids}
     # no pre-training: the first call's alpha update on a (corrupt) validation batch poisons the
     # model before the first checkpoint (due at step 10)

@@ -92,7 +92,9 @@ def test_heatmap_image_summary_grows_with_the_fields_and_is_not_blank(tmp_path):
         names = [f"F{i}" for i in range(m)]
         probs = _probs(m, seed=m)
         writer = tf.summary.create_file_writer(str(tmp_path / str(m)))
-        summaries.write_alpha(writer, 5, names, CANDS, probs, [CANDS[int(i)] for i in probs.argmax(1)])
+        summaries.write_alpha(
+            writer, 5, names, CANDS, probs, [CANDS[int(i)] for i in probs.argmax(1)]
+        )
         writer.flush()
         (img,) = summary_images(tmp_path / str(m), summaries.HEATMAP_TAG)
         assert img.dtype == np.uint8 and img.shape[2] in (3, 4)

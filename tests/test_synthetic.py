@@ -204,7 +204,9 @@ def _interaction_z(labels: np.ndarray, a, b, min_count: int = 300) -> float:
     pos = np.bincount(cell, weights=labels, minlength=na * nb)
     used = n > 0
     ia, ib = np.divmod(np.arange(na * nb), nb)
-    design = np.concatenate([np.ones((na * nb, 1)), np.eye(na)[ia][:, 1:], np.eye(nb)[ib][:, 1:]], 1)
+    design = np.concatenate(
+        [np.ones((na * nb, 1)), np.eye(na)[ia][:, 1:], np.eye(nb)[ib][:, 1:]], 1
+    )
     design, n, pos = design[used], n[used], pos[used]
     theta = np.zeros(design.shape[1])
     for _ in range(50):  # Newton on the cell table
@@ -216,7 +218,9 @@ def _interaction_z(labels: np.ndarray, a, b, min_count: int = 300) -> float:
             break
     p_add = np.clip(1 / (1 + np.exp(-design @ theta)), 1e-12, 1 - 1e-12)
     p_sat = np.clip(pos / n, 1e-12, 1 - 1e-12)
-    loglik = lambda q: float(np.sum(pos * np.log(q) + (n - pos) * np.log(1 - q)))
+    def loglik(q):
+        return float(np.sum(pos * np.log(q) + (n - pos) * np.log(1 - q)))
+
     df = len(n) - design.shape[1]
     return _wilson_hilferty(2 * (loglik(p_sat) - loglik(p_add)), df)
 
@@ -251,14 +255,20 @@ def test_ground_truth_describes_the_plan(dataset):
     assert {tuple(i["fields"]) for i in truth["interactions"]} == set(S.PAIRS)
     assert all(i["variance"] > 0.05 for i in truth["interactions"])
     # rich fields (largest latent) matter more than the 4-dimensional ones on average
-    rich = np.mean([by_name[n]["importance"] for n in S.INFORMATIVE if by_name[n]["latent_dim"] == 16])
-    small = np.mean([by_name[n]["importance"] for n in S.INFORMATIVE if by_name[n]["latent_dim"] == 4])
+    rich = np.mean(
+        [by_name[n]["importance"] for n in S.INFORMATIVE if by_name[n]["latent_dim"] == 16]
+    )
+    small = np.mean(
+        [by_name[n]["importance"] for n in S.INFORMATIVE if by_name[n]["latent_dim"] == 4]
+    )
     assert rich > small
 
 
 def test_cli_writes_data_and_truth(tmp_path, capsys):
     out, truth = tmp_path / "x.tsv", tmp_path / "t.json"
-    assert S.main(["--output", str(out), "--rows", "500", "--seed", "5", "--truth", str(truth)]) == 0
+    assert (
+        S.main(["--output", str(out), "--rows", "500", "--seed", "5", "--truth", str(truth)]) == 0
+    )
     assert out.read_text().count("\n") == 500
     assert json.loads(truth.read_text())["rows"] == 500
     assert "wrote 500 rows" in capsys.readouterr().out

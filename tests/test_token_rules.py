@@ -8,10 +8,9 @@ import re
 
 import pytest
 
-from configs.features import NUMBER_RE, numeric_token
+from configs.features import NUMBER_RE, dataset_spec, numeric_token
 from preprocessing import run as run_mod
 from preprocessing.formats import MalformedRecord, line_parser
-from configs.features import dataset_spec
 
 INMEM = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 NON_ASCII = ["\u0663", "\uff13", "\u0967\u0968", "\U0001d7d1", "1e\u0663", "\u0663.5"]
@@ -24,8 +23,18 @@ def test_not_an_ascii_finite_number_raises(text):
         numeric_token(text)
 
 
-@pytest.mark.parametrize("text,token", [("1_000", "L47"), (" 3 ", "L1"), ("\u00a0-0.5\u3000", "-1"),
-                                        ("+.5e-3", "0"), ("1e-999", "0"), ("2.", "2"), ("", "__missing__")])
+@pytest.mark.parametrize(
+    "text,token",
+    [
+        ("1_000", "L47"),
+        (" 3 ", "L1"),
+        ("\u00a0-0.5\u3000", "-1"),
+        ("+.5e-3", "0"),
+        ("1e-999", "0"),
+        ("2.", "2"),
+        ("", "__missing__"),
+    ],
+)
 def test_ascii_numbers(text, token):
     assert numeric_token(text) == token
     assert text.strip() == "" or re.fullmatch(NUMBER_RE, text.strip())

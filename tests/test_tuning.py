@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 
 from configs.loader import ConfigError
-from pipeline.tuning import (choose, cost_label, format_selection, paired_gaps, parse_costs,
-                             parse_embeddings, parse_tolerance)
+from pipeline.tuning import (
+    choose,
+    cost_label,
+    format_selection,
+    paired_gaps,
+    parse_costs,
+    parse_embeddings,
+    parse_tolerance,
+)
 from tests.fixtures import random_split_data, read_json, run_module, write_dataset
 
 VOCAB = [300, 200, 20, 10, 100]
@@ -226,7 +233,9 @@ def test_run_with_search_embeddings_searches_each_and_keeps_the_best_validated(t
         model = read_json(f"{c['search_dir']}/config.json")["config"]["model"]
         assert (model["unify"], model["candidate_norm"]) == (unify, norm)
         assert (c["unify"], c["candidate_norm"]) == (unify, norm)
-        assert read_json(f"{c['retrain_dir']}/metrics.json")["best_valid_auc"] == c["best_valid_auc"]
+        assert (
+            read_json(f"{c['retrain_dir']}/metrics.json")["best_valid_auc"] == c["best_valid_auc"]
+        )
     assert raw["dims"] != ad2["dims"] or raw["best_valid_auc"] != ad2["best_valid_auc"]
     best = max((0, 1), key=lambda i: selection["candidates"][i]["best_valid_auc"])
     assert selection["chosen"] == best

@@ -29,10 +29,18 @@ class MLPBackbone(keras.layers.Layer):
         owner = type(self).__name__
         if mlp_input_dim is not None:
             if not self.raw_mlp_input:
-                raise ValueError(f"{owner}: mlp_input_dim is only for backbones whose MLP reads the "
-                                 f"flattened embeddings (DeepFM, WideDeep), got {mlp_input_dim!r}")
-            if isinstance(mlp_input_dim, bool) or not isinstance(mlp_input_dim, int) or mlp_input_dim < 1:
-                raise ValueError(f"{owner}: mlp_input_dim must be a positive int or None, got {mlp_input_dim!r}")
+                raise ValueError(
+                    f"{owner}: mlp_input_dim is only for backbones whose MLP reads the "
+                    f"flattened embeddings (DeepFM, WideDeep), got {mlp_input_dim!r}"
+                )
+            if (
+                isinstance(mlp_input_dim, bool)
+                or not isinstance(mlp_input_dim, int)
+                or mlp_input_dim < 1
+            ):
+                raise ValueError(
+                    f"{owner}: mlp_input_dim must be a positive int or None, got {mlp_input_dim!r}"
+                )
         self.mlp_input_dim = mlp_input_dim
         self.mlp = MLP(hidden_units, dropout, batchnorm, output_units=1, name="mlp")
 

@@ -33,20 +33,34 @@ class AutoInt(keras.layers.Layer):
         self.attention_dim = check_positive_int("AutoInt", "attention_dim", attention_dim)
         self.num_heads = check_positive_int("AutoInt", "num_heads", num_heads)
         if self.attention_dim % self.num_heads:
-            raise ValueError(f"AutoInt: attention_dim ({attention_dim}) must be divisible by num_heads ({num_heads})")
+            raise ValueError(
+                f"AutoInt: attention_dim ({attention_dim}) must be divisible by num_heads "
+                f"({num_heads})"
+            )
         self.num_layers = check_positive_int("AutoInt", "num_layers", num_layers)
         self.residual = bool(residual)
         self.attention_dropout = check_rate("AutoInt", "attention_dropout", attention_dropout)
         self.input_projection = keras.layers.Dense(self.attention_dim, name="input_projection")
         self.attention_layers = [
             keras.layers.MultiHeadAttention(
-                self.num_heads, self.attention_dim // self.num_heads, dropout=self.attention_dropout, name=f"attention_{i}"
+                self.num_heads,
+                self.attention_dim // self.num_heads,
+                dropout=self.attention_dropout,
+                name=f"attention_{i}",
             )
             for i in range(self.num_layers)
         ]
-        self.residual_projection = keras.layers.Dense(self.attention_dim, name="residual_projection") if self.residual else None
+        self.residual_projection = (
+            keras.layers.Dense(self.attention_dim, name="residual_projection")
+            if self.residual
+            else None
+        )
         self.attention_output = keras.layers.Dense(1, name="attention_output")
-        self.mlp = MLP(hidden_units, dropout, batchnorm, output_units=1, name="mlp") if len(hidden_units) else None
+        self.mlp = (
+            MLP(hidden_units, dropout, batchnorm, output_units=1, name="mlp")
+            if len(hidden_units)
+            else None
+        )
         self._mlp_args = (list(hidden_units), dropout, batchnorm)
 
     def build(self, input_shape):
@@ -69,7 +83,9 @@ class AutoInt(keras.layers.Layer):
         if self.residual_projection is not None:
             cross = cross + self.residual_projection(embeddings)
         cross = tf.nn.relu(cross)
-        logit = tf.squeeze(self.attention_output(tf.reshape(cross, [-1, fields * self.attention_dim])), axis=-1)
+        logit = tf.squeeze(
+            self.attention_output(tf.reshape(cross, [-1, fields * self.attention_dim])), axis=-1
+        )
         if self.mlp is not None:
             flat = tf.reshape(embeddings, [-1, fields * dim])
             logit = logit + tf.squeeze(self.mlp(flat, training=training), axis=-1)

@@ -31,7 +31,9 @@ class DCNv2(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.num_cross_layers = check_positive_int("DCNv2", "num_cross_layers", num_cross_layers)
-        self.low_rank = None if low_rank is None else check_positive_int("DCNv2", "low_rank", low_rank)
+        self.low_rank = (
+            None if low_rank is None else check_positive_int("DCNv2", "low_rank", low_rank)
+        )
         self.mlp = MLP(hidden_units, dropout, batchnorm, name="mlp") if len(hidden_units) else None
         self._mlp_args = (list(hidden_units), dropout, batchnorm)
         self.output_layer = keras.layers.Dense(1, name="output")
@@ -42,11 +44,23 @@ class DCNv2(keras.layers.Layer):
         self.cross_weights = []
         for i in range(self.num_cross_layers):
             if self.low_rank is None:
-                mats = [self.add_weight(name=f"cross_kernel_{i}", shape=(width, width), initializer="glorot_uniform")]
+                mats = [
+                    self.add_weight(
+                        name=f"cross_kernel_{i}", shape=(width, width), initializer="glorot_uniform"
+                    )
+                ]
             else:
                 mats = [
-                    self.add_weight(name=f"cross_u_{i}", shape=(width, self.low_rank), initializer="glorot_uniform"),
-                    self.add_weight(name=f"cross_v_{i}", shape=(self.low_rank, width), initializer="glorot_uniform"),
+                    self.add_weight(
+                        name=f"cross_u_{i}",
+                        shape=(width, self.low_rank),
+                        initializer="glorot_uniform",
+                    ),
+                    self.add_weight(
+                        name=f"cross_v_{i}",
+                        shape=(self.low_rank, width),
+                        initializer="glorot_uniform",
+                    ),
                 ]
             bias = self.add_weight(name=f"cross_bias_{i}", shape=(width,), initializer="zeros")
             self.cross_weights.append((mats, bias))

@@ -25,8 +25,10 @@ class DeepFM(MLPBackbone):
         if self.mlp_input_dim is None:
             flat = tf.reshape(embeddings, [-1, embeddings.shape[1] * embeddings.shape[2]])
         elif mlp_features is None:
-            raise ValueError(f"DeepFM: built with mlp_input_dim={self.mlp_input_dim}, so call needs "
-                             f"mlp_features [batch, {self.mlp_input_dim}]")
+            raise ValueError(
+                f"DeepFM: built with mlp_input_dim={self.mlp_input_dim}, so call needs "
+                f"mlp_features [batch, {self.mlp_input_dim}]"
+            )
         else:
             flat = mlp_features
         return fm + self.mlp_logit(flat, training=training)

@@ -16,7 +16,9 @@ class IPNN(MLPBackbone):
     def build(self, input_shape):
         fields, dim = check_embedding_shape("IPNN", input_shape)
         rows, cols = np.triu_indices(fields, k=1)
-        self._pair_index = (rows * fields + cols).astype(np.int32)  # into the flattened [M*M] Gram matrix
+        self._pair_index = (rows * fields + cols).astype(
+            np.int32
+        )  # into the flattened [M*M] Gram matrix
         self.mlp.build((input_shape[0], fields * dim + len(self._pair_index)))
 
     def call(self, embeddings, training=None):

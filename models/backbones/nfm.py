@@ -5,18 +5,31 @@ from typing import Sequence
 
 import keras
 
+from models.backbones._base import MLPBackbone
 from models.backbones._shape import check_embedding_shape
 from models.backbones.fm import fm_interaction
-from models.backbones._base import MLPBackbone
 
 
 @keras.saving.register_keras_serializable(package="autodim")
 class NFM(MLPBackbone):
-    """[B, M, D] -> [B]. As pytorch-fm's NFM: the pooled [B, D] vector is batch-normalised and dropped out."""
+    """[B, M, D] -> [B]. As pytorch-fm's NFM: the pooled [B, D] vector is batch-normalised and
+    dropped out."""
 
-    def __init__(self, hidden_units: Sequence[int] = (128, 128), dropout: float = 0.2, batchnorm: bool = True, **kwargs):
+    def __init__(
+        self,
+        hidden_units: Sequence[int] = (128, 128),
+        dropout: float = 0.2,
+        batchnorm: bool = True,
+        **kwargs,
+    ):
         super().__init__(hidden_units, dropout, batchnorm, **kwargs)
-        self.pool_norm = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True, name="pool_bn") if batchnorm else None
+        self.pool_norm = (
+            keras.layers.BatchNormalization(
+                momentum=0.9, epsilon=1e-5, synchronized=True, name="pool_bn"
+            )
+            if batchnorm
+            else None
+        )
         self.pool_dropout = keras.layers.Dropout(self.mlp.dropout, name="pool_dropout")
 
     def build(self, input_shape):

@@ -20,8 +20,10 @@ class WideDeep(MLPBackbone):
     def build(self, input_shape):
         if self.mlp_input_dim is not None:
             if len(input_shape) != 2 or input_shape[-1] != self.mlp_input_dim:
-                raise ValueError(f"WideDeep: built with mlp_input_dim={self.mlp_input_dim}, expected inputs "
-                                 f"[batch, {self.mlp_input_dim}], got {tuple(input_shape)}")
+                raise ValueError(
+                    f"WideDeep: built with mlp_input_dim={self.mlp_input_dim}, expected inputs "
+                    f"[batch, {self.mlp_input_dim}], got {tuple(input_shape)}"
+                )
             self.build_mlp(0, 0, input_shape[0])
             return
         fields, dim = check_embedding_shape("WideDeep", input_shape)
