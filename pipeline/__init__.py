@@ -1,0 +1,1 @@
+"""The TensorFlow runtime: input, the training controller and its tasks, export, serving, CLIs."""

@@ -1,0 +1,1 @@
+"""The Apache Beam preprocessing job (runs inside Beam workers; no TensorFlow)."""
