@@ -16,6 +16,16 @@ speed drifts by tens of percent between runs (and a ratio of two runs minutes ap
 drift). Last line: `overhead_ratio=<median over the pairs of job time / bare time at 4x rows>
 rows_per_s=<job rows/s at 4x rows, median run> mem_ratio_4x=<largest job peak tree RSS at 4x
 rows / at 1x rows>`.
+
+    python -m benchmarks.preprocess --distinct 250000,1000000,4000000 [--shards 4]
+        [--preprocess_config FILE] [--workdir DIR] [Beam options]
+
+The vocabulary pass against the number of distinct values of one field: per N, rows in Criteo
+format whose C3 takes N values seen once (the long tail, dropped by the min count of 10) and
+N/100 values seen 20 times each (they survive); the other fields take a few values. Only the job
+runs; per N: wall time, the peak summed RSS of the process tree, the peak RSS of the runner
+process and of the largest Beam worker process (each polled from /proc every 0.2 s), C3's
+vocabulary size and tokens cut. Last line: `tree_mb=<per N> worker_mb=<per N>`.
 """
 from __future__ import annotations
 
@@ -57,8 +67,9 @@ def write_rows(directory: str, rows: int, shards: int, seed: int = 1) -> str:
     return os.path.join(directory, "part-*.txt")
 
 
-def _tree_rss_kb(root: int) -> int:
-    """Summed VmRSS of `root` and its descendants, from /proc."""
+def _tree_rss_kb(root: int, per_pid: dict[int, int] | None = None) -> int:
+    """Summed VmRSS of `root` and its descendants, from /proc; with `per_pid`, also each
+    process's largest VmRSS so far (kB, by pid)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for name in os.listdir("/proc"):
@@ -77,12 +88,15 @@ def _tree_rss_kb(root: int) -> int:
     while todo:
         pid = todo.pop()
         total += rss.get(pid, 0)
+        if per_pid is not None and pid in rss:
+            per_pid[pid] = max(per_pid.get(pid, 0), rss[pid])
         todo += children.get(pid, [])
     return total
 
 
 def measure(cmd: list[str]) -> dict:
-    """Runs `cmd`; wall seconds, peak tree RSS (MB), largest process max RSS (MB)."""
+    """Runs `cmd`; wall seconds, peak tree RSS (MB), largest process max RSS (MB), and from
+    /proc the peak RSS of `cmd`'s own process (MB) and of the largest of its descendants."""
     wrapper = ("import resource, subprocess, sys, json; r = subprocess.run(sys.argv[1:]); "
                "print(json.dumps({'rc': r.returncode, 'maxrss_kb': "
                "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))")
@@ -90,19 +104,25 @@ def measure(cmd: list[str]) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", wrapper, *cmd], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
+    peak, per_pid = 0, {}
     while proc.poll() is None:
-        peak = max(peak, _tree_rss_kb(proc.pid))
+        peak = max(peak, _tree_rss_kb(proc.pid, per_pid))
         time.sleep(0.2)
     wall = time.perf_counter() - start
     out, err = proc.communicate()
     last = json.loads(out.strip().splitlines()[-1])
     if last["rc"] != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {last['rc']}):\n{err[-3000:]}")
+    # per_pid holds the wrapper (proc.pid), `cmd` (its only child) and cmd's descendants
+    own = [pid for pid in per_pid if pid != proc.pid]
+    main_pid = min(own, default=None)  # started first: the lowest pid unless pids wrapped
     return {
         "seconds": wall,
         "peak_tree_mb": peak / 1024,
         "max_process_mb": last["maxrss_kb"] / 1024,
+        "main_process_mb": per_pid.get(main_pid, 0) / 1024,
+        "largest_descendant_mb": max((per_pid[p] for p in own if p != main_pid),
+                                     default=0) / 1024,
     }
 
 
@@ -123,6 +143,59 @@ def bench(pattern: str, rows: int, workdir: str, beam_args: list[str]) -> dict:
     return {"bare": bare, "job": job}
 
 
+def write_distinct_rows(directory: str, distinct: int, shards: int) -> str:
+    """Criteo-format rows whose C3 has `distinct` values seen once and `distinct // 100` values
+    seen 20 times each (every sixth row), over `shards` files; returns their glob."""
+    os.makedirs(directory, exist_ok=True)
+    hot = max(1, distinct // 100)
+    rows = distinct + 20 * hot
+    empty13, empty23 = "\t" * 13, "\t" * 23
+    files = [open(os.path.join(directory, f"part-{i:03d}.txt"), "w") for i in range(shards)]
+    try:
+        unique, block = 0, 10_000
+        for start in range(0, rows, block):
+            lines = []
+            for r in range(start, min(rows, start + block)):
+                if r % 6 == 0 and r // 6 < 20 * hot:
+                    c3 = f"h{(r // 6) % hot:07x}"
+                else:
+                    c3, unique = f"u{unique:08x}", unique + 1
+                lines.append(f"{r & 1}\t{r % 50}{empty13}a{r % 100}\tb{r % 7}\t{c3}{empty23}\n")
+            files[(start // block) % shards].write("".join(lines))
+    finally:
+        for f in files:
+            f.close()
+    if unique != distinct:
+        raise RuntimeError(f"wrote {unique} once-seen values, expected {distinct}")
+    return os.path.join(directory, "part-*.txt")
+
+
+def bench_distinct(sizes: list[int], shards: int, workdir: str, beam_args: list[str],
+                   config: str | None) -> int:
+    """The job on write_distinct_rows per size; prints one line per size and a summary."""
+    tree, worker = [], []
+    for n in sizes:
+        pattern = write_distinct_rows(os.path.join(workdir, f"distinct-{n}"), n, shards)
+        out = os.path.join(workdir, f"out-distinct-{n}")
+        extra = ["--preprocess_config", config] if config else []
+        r = measure([sys.executable, "-m", "preprocessing.run", "--dataset", "criteo",
+                     "--input", pattern, "--data_dir", out, "--overwrite", *extra, *beam_args])
+        stats = json.load(open(os.path.join(out, "stats.json")))
+        cut = stats.get("vocab_caps", {}).get("C3", {}).get("tokens_cut", 0)
+        print(f"  distinct {n:>10,}  rows {stats['rows_read']:>10,}  {r['seconds']:7.1f} s  "
+              f"peak tree RSS {r['peak_tree_mb']:7.0f} MB  runner {r['main_process_mb']:6.0f} MB"
+              f"  largest worker {r['largest_descendant_mb']:6.0f} MB  C3 vocab "
+              f"{stats['vocab_sizes']['C3']:,} (cut {cut:,})", flush=True)
+        tree.append(r["peak_tree_mb"])
+        worker.append(r["largest_descendant_mb"])
+        shutil.rmtree(out)
+        shutil.rmtree(os.path.join(workdir, f"distinct-{n}"))
+    print(f"runner args: {' '.join(beam_args)}; distinct {','.join(map(str, sizes))}")
+    print(f"tree_mb={','.join(f'{m:.0f}' for m in tree)} "
+          f"worker_mb={','.join(f'{m:.0f}' for m in worker)}")
+    return 0
+
+
 def median(values: list[float]) -> float:
     ordered = sorted(values)
     mid = len(ordered) // 2
@@ -141,11 +214,28 @@ def main(argv=None) -> int:
                         help="unused by the synthetic benchmark; accepted for symmetry with the "
                              "other benchmarks")
     parser.add_alias("--data-root", "--data_root")
+    parser.add_argument("--distinct", default=None,
+                        help="comma-separated N: only the job, on rows with one field of N "
+                             "distinct values, most seen once (the vocabulary pass's memory)")
+    parser.add_argument("--preprocess_config", default=None,
+                        help="with --distinct: the job's YAML config (e.g. a max_vocab_size)")
     args, beam_args = parser.parse_args(argv)
     if args.repeat < 1 or args.rows < 1:
         parser.error(f"--rows and --repeat must be >= 1, got {args.rows} and {args.repeat}")
+    try:
+        sizes = [int(v) for v in (args.distinct or "").split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if args.distinct is not None and (not sizes or min(sizes) < 100):
+        parser.error(f"--distinct must list sizes >= 100, got {args.distinct!r}")
     beam_args = beam_args or DEFAULT_BEAM
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-preprocess-")
+    if sizes:
+        try:
+            return bench_distinct(sizes, args.shards, workdir, beam_args, args.preprocess_config)
+        finally:
+            if not args.workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
     results = {}
     try:
         for rows in (args.rows, 4 * args.rows):

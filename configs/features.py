@@ -15,7 +15,8 @@ Token rules (the same in Beam, here in pure Python, and in the TF graph at servi
 - Numeric values are log-bucketed as the Criteo winners did (see `numeric_token`).
 - Ids: 0 is the out-of-vocabulary id (`OOV_ID`); vocabulary tokens (those with count >= the
   field's min count on the training split) take ids 1..V in order of descending count, ties broken
-  by the token's UTF-8 bytes ascending. A field's vocabulary size is V + 1.
+  by the token's UTF-8 bytes ascending. A field's vocabulary size is V + 1. A field with a
+  `max_vocab_size` K keeps the first K tokens of that order (V <= K); the others map to OOV_ID.
 """
 from __future__ import annotations
 
@@ -51,11 +52,12 @@ _NUMBER = re.compile(NUMBER_RE)
 
 @dataclasses.dataclass(frozen=True)
 class FieldSpec:
-    """One input field. `min_count` None means the dataset's default."""
+    """One input field. `min_count` / `max_vocab_size` None mean the dataset's default."""
 
     name: str
     kind: FieldKind = "categorical"
     min_count: int | None = None
+    max_vocab_size: int | None = None
 
     def __post_init__(self):
         if not self.name or not all(c.isalnum() or c in "_-" for c in self.name):
@@ -68,6 +70,9 @@ class FieldSpec:
             )
         if self.min_count is not None and self.min_count < 1:
             raise ConfigError(f"field {self.name}: min_count must be >= 1, got {self.min_count}")
+        if self.max_vocab_size is not None and self.max_vocab_size < 1:
+            raise ConfigError(f"field {self.name}: max_vocab_size must be >= 1 (or null: no cap), "
+                              f"got {self.max_vocab_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +82,8 @@ class DatasetSpec:
     format: which reader parses it (criteo, avazu, movielens-1m, movielens-100k, frappe, csv).
     fields: the model's input fields, in order.
     default_min_count: the vocabulary min count for fields that do not set their own.
+    default_max_vocab_size: the most tokens a field's vocabulary keeps (the most frequent, in id
+    order) for fields that do not set their own `max_vocab_size`; None: no cap.
     For `csv`: `delimiter`, `header` (first line is a header to skip), `columns` (the names of the
     file's columns in order; fields are picked from them by name) and `label_column`.
     `positive_labels`: raw label strings that mean 1 (others listed in `negative_labels` mean 0).
@@ -86,6 +93,7 @@ class DatasetSpec:
     format: str
     fields: tuple[FieldSpec, ...]
     default_min_count: int = 1
+    default_max_vocab_size: int | None = None
     delimiter: str = ","
     header: bool = False
     columns: tuple[str, ...] = ()
@@ -102,6 +110,9 @@ class DatasetSpec:
             raise ConfigError(f"dataset {self.name}: duplicate field names {dupes}")
         if self.default_min_count < 1:
             raise ConfigError(f"dataset {self.name}: default_min_count must be >= 1")
+        if self.default_max_vocab_size is not None and self.default_max_vocab_size < 1:
+            raise ConfigError(f"dataset {self.name}: default_max_vocab_size must be >= 1 (or "
+                              f"null: no cap), got {self.default_max_vocab_size}")
         if self.format == "csv":
             if not self.columns or not self.label_column:
                 raise ConfigError(f"dataset {self.name}: csv needs `columns` and `label_column`")
@@ -111,6 +122,12 @@ class DatasetSpec:
 
     def min_count(self, field: FieldSpec) -> int:
         return field.min_count if field.min_count is not None else self.default_min_count
+
+    def max_vocab_size(self, field: FieldSpec) -> int | None:
+        """The field's cap on its vocabulary (tokens, without the OOV id); None: no cap."""
+        if field.max_vocab_size is not None:
+            return field.max_vocab_size
+        return self.default_max_vocab_size
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -222,6 +239,7 @@ class FieldSchema:
     kind: FieldKind
     vocab_size: int  # including the OOV id 0
     min_count: int = 1
+    max_vocab_size: int | None = None  # the cap the job applied; None: none
 
     @property
     def vocab_file(self) -> str:
@@ -253,7 +271,11 @@ class DataSchema:
     def schema_hash(self) -> str:
         """Identifies the feature space: fields, kinds, vocabulary sizes and the config that made
         them. A dims.json or a checkpoint from another schema must be refused."""
-        blob = json.dumps({"dataset": self.dataset, "fields": [to_dict(f) for f in self.fields],
+        fields = [to_dict(f) for f in self.fields]
+        for f in fields:  # no cap: hashed as before max_vocab_size existed
+            if f["max_vocab_size"] is None:
+                del f["max_vocab_size"]
+        blob = json.dumps({"dataset": self.dataset, "fields": fields,
                            "config_hash": self.config_hash}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

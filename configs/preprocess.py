@@ -4,6 +4,8 @@ YAML example (every key optional; unknown keys are errors naming them):
 
     dataset:            # overrides of the dataset preset (DatasetSpec keys); all of it for `csv`
       default_min_count: 5
+      default_max_vocab_size: 1000000   # the most tokens a field keeps; null (default): no cap
+      # per field, as min_count: `fields` (the whole list) with {name: C3, max_vocab_size: 100000}
     split: {train: 0.8, valid: 0.1, test: 0.1, seed: 0}
     num_shards: {train: 0, valid: 0, test: 0}
     max_bad_fraction: 0.01
@@ -15,6 +17,8 @@ shuffle of that split (on the DirectRunner: the whole split held in memory).
 
 The resolved config (the full DatasetSpec, not just the overrides) and its hash are written into
 DIR/schema.json, so a model trained on the output can tell exactly how its inputs were made.
+`max_vocab_size` keys left at null are left out of it, so configs without a cap keep the hash
+they had before the option existed.
 """
 from __future__ import annotations
 
@@ -98,10 +102,21 @@ def resolve(dataset: str, cfg: PreprocessConfig) -> tuple[DatasetSpec, dict[str,
     """The dataset spec, the resolved config (JSON-able) and its hash."""
     spec = dataset_spec(dataset, cfg.dataset or None)
     resolved = {
-        "dataset": to_dict(spec),
+        "dataset": _without_unset_caps(to_dict(spec)),
         "split": to_dict(cfg.split),
         "num_shards": to_dict(cfg.num_shards),
         "max_bad_fraction": cfg.max_bad_fraction,
         "compression_level": cfg.compression_level,
     }
     return spec, resolved, config_hash(resolved)
+
+
+def _without_unset_caps(dataset: dict[str, Any]) -> dict[str, Any]:
+    """The DatasetSpec dict without its null `max_vocab_size` keys (DatasetSpec reads them back
+    as null)."""
+    if dataset.get("default_max_vocab_size") is None:
+        dataset.pop("default_max_vocab_size", None)
+    for field in dataset["fields"]:
+        if field.get("max_vocab_size") is None:
+            field.pop("max_vocab_size", None)
+    return dataset

@@ -177,6 +177,7 @@ def build(p: beam.Pipeline, spec: DatasetSpec, cfg: PreprocessConfig, inputs: Jo
           out_dir: str) -> None:
     """Adds the whole job to pipeline `p`, writing into `out_dir`."""
     names, min_counts = spec.field_names, [spec.min_count(f) for f in spec.fields]
+    max_sizes = [spec.max_vocab_size(f) for f in spec.fields]
     source = _Source.of(spec, inputs, cfg)
     side, dead, counts = source.side_tables(p)  # MovieLens: users and movies, by id
 
@@ -185,8 +186,9 @@ def build(p: beam.Pipeline, spec: DatasetSpec, cfg: PreprocessConfig, inputs: Jo
                 | "ParseTrainingLines" >> ParseRecords(
                     source.parse, source.encoding, report_counts=False,
                     chunk_reader=source.chunk_reader, **side))
-    vocabs = training.train | "ComputeVocabularies" >> ComputeVocabularies(names, min_counts)
-    counts.append(vocabs | "WriteVocabularies" >> WriteVocabularies(out_dir))
+    vocabs, cut = training.train | "ComputeVocabularies" >> ComputeVocabularies(
+        names, min_counts, max_sizes, report_counts=True)
+    counts += [cut, vocabs | "WriteVocabularies" >> WriteVocabularies(out_dir)]
 
     # Pass 2: every record, encoded (the vocabularies a side input), written per split.
     encoded = (p | "ReadLines" >> source.read(only_split=None)

@@ -138,6 +138,11 @@ def run(argv=None) -> JobResult:
                         f"{stats['rows_deadlettered']}")
     stats.update({"dataset": args.dataset, "input": inputs.describe(), "output": out,
                   "config_hash": chash, "max_bad_fraction": cfg.max_bad_fraction})
+    # capped fields: the cap and the tokens that reached the min count but were cut by it
+    stats["vocab_caps"] = {
+        f.name: {"max_vocab_size": spec.max_vocab_size(f),
+                 "tokens_cut": int(totals.get(f"vocab_cut/{f.name}", 0))}
+        for f in spec.fields if spec.max_vocab_size(f) is not None}
     _write_text(FileSystems.join(tmp, "stats.json"), json.dumps(stats, indent=2, sort_keys=True))
     FileSystems.delete([FileSystems.join(tmp, counts.COUNTS_FILE)])
 
@@ -151,7 +156,8 @@ def run(argv=None) -> JobResult:
 
     schema = DataSchema(
         dataset=args.dataset,
-        fields=tuple(FieldSchema(f.name, f.kind, stats["vocab_sizes"][f.name], spec.min_count(f))
+        fields=tuple(FieldSchema(f.name, f.kind, stats["vocab_sizes"][f.name], spec.min_count(f),
+                                 spec.max_vocab_size(f))
                      for f in spec.fields),
         splits=dict(stats["rows_written"]), label_rate=stats["label_rate"]["train"],
         config=resolved, config_hash=chash)
@@ -195,6 +201,10 @@ def summary(res: JobResult) -> str:
     sizes = s["vocab_sizes"]
     shown = "  ".join(f"{k}={v}" for k, v in sizes.items())
     lines.append(f"  vocab sizes (incl. OOV, total {sum(sizes.values()):,}): {shown}")
+    if s.get("vocab_caps"):
+        lines.append("  vocab caps: " + "  ".join(
+            f"{k}={c['max_vocab_size']:,} ({c['tokens_cut']:,} cut)"
+            for k, c in s["vocab_caps"].items()))
     lines.append(f"  schema_hash {res.schema.schema_hash}  config_hash {s['config_hash']}")
     return "\n".join(lines)
 
