@@ -25,6 +25,17 @@ def add_experiment_flags(parser: StrictArgumentParser) -> None:
                         help="no progress display, only log lines")
 
 
+def add_memory_flags(parser: StrictArgumentParser) -> None:
+    """--memory_limit, --dry_run (the search's memory model, `pipeline.memory`)."""
+    parser.add_argument("--memory_limit", metavar="BYTES",
+                        help="refuse to start a search whose memory model needs more than this "
+                             "on one device (bytes, or with K, M, G, T: 16G, 40GB, 512M; powers "
+                             "of 1024); the device's free memory is always checked")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="print the memory model (and whether the search fits) and exit "
+                             "without creating anything")
+
+
 def make_cli_strategy(logical_cpus: int):
     """The strategy for --logical_cpus (None: the default one); call before any TF op."""
     if logical_cpus == 0:

@@ -9,7 +9,12 @@ validation batch (first-order DARTS). Writes `model_dir/dims.json` with the argm
 (`search.derive=validated`, `pipeline/derive.py`).
 
     python -m pipeline.search --data_dir DIR --model_dir DIR [--config FILE] [--preset NAME]
-        [--set key=value ...] [--logical_cpus K] [--quiet]
+        [--set key=value ...] [--logical_cpus K] [--quiet] [--memory_limit BYTES] [--dry_run]
+
+Before it starts, the search prints its memory model (`pipeline/memory.py`: the supernet per
+lookup, the retrained model, the SavedModel's vocabulary tables) and refuses to start (exit 2,
+nothing written) when it does not fit the device's free memory or `--memory_limit`; `--dry_run`
+prints it and exits.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from configs.cli import StrictArgumentParser, run_main
 from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, run_hash
 from configs.features import DataSchema
 from configs.loader import ConfigError, to_dict
-from pipeline.flags import add_experiment_flags, make_cli_strategy
+from pipeline.flags import add_experiment_flags, add_memory_flags, make_cli_strategy
 
 DIMS_FILE = "dims.json"
 
@@ -47,11 +52,25 @@ def search_schedule(cfg, train_rows: int) -> dict:
             "arch_learning_rate": arch_lr}
 
 
+def memory_report(data_dir: str, schema: DataSchema, cfg: ExperimentConfig, strategy,
+                  memory_limit: int | None = None):
+    """`pipeline.memory`'s report of this search on `strategy`'s devices."""
+    from pipeline import memory
+
+    device, replicas, available, source = memory.device_memory(strategy)
+    return memory.build_report(schema, cfg, data_dir, limit=memory_limit, replicas=replicas,
+                               device=device, available=available, available_source=source)
+
+
 def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_cpus: int = 0,
-               quiet: bool = False, preset: str | None = None, strategy=None) -> dict:
-    """Runs (or resumes) a search and returns the dims.json contents."""
+               quiet: bool = False, preset: str | None = None, strategy=None,
+               memory_limit: int | None = None, dry_run: bool = False) -> dict | None:
+    """Runs (or resumes) a search and returns the dims.json contents. First prints the memory
+    model and refuses (MemoryLimitError, nothing written) a search that would not fit the
+    device or `memory_limit` bytes; `dry_run`: prints it (stdout) and returns None."""
     from pipeline import runtime
     from pipeline.controller import Controller
+    from pipeline.memory import MemoryLimitError
     from pipeline.search_task import AlphaLogging, Derivation, SearchTask
     from pipeline.strategy import make_strategy
 
@@ -59,12 +78,23 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
     if schema.splits.get("train", 0) <= 0 or schema.splits.get("valid", 0) <= 0:
         raise ConfigError(f"{data_dir}: the search needs non-empty train and valid splits, "
                           f"schema.json has {schema.splits}")
+    strategy = strategy or make_strategy(logical_cpus)
+    report = memory_report(data_dir, schema, cfg, strategy, memory_limit)
+    if dry_run:
+        try:
+            report.check()
+            verdict = "the search fits"
+        except MemoryLimitError as exc:
+            verdict = f"the search would be refused: {exc}"
+        print(f"{report.format()}\n  {verdict}", flush=True)
+        return None
+    print(report.format(), file=sys.stderr, flush=True)
+    report.check()
     record = {"kind": "search", "preset": preset, "config": to_dict(cfg),
               "config_hash": run_hash(cfg), "schema_hash": schema.schema_hash,
               "data_dir": str(Path(data_dir).resolve())}
     # the stored config is re-hashed (and its differing keys named) with the same run_hash
     model_dir = runtime.prepare_model_dir(model_dir, record, rehash=run_hash)
-    strategy = strategy or make_strategy(logical_cpus)
     task = SearchTask(strategy, data_dir, schema, cfg, search_schedule(cfg, schema.splits["train"]),
                       preset=preset)
     derivation = Derivation(task, model_dir)
@@ -153,15 +183,19 @@ def format_dims(result: dict) -> str:
 def main(argv=None) -> int:
     parser = StrictArgumentParser(prog="python -m pipeline.search", description=__doc__)
     add_experiment_flags(parser)
+    add_memory_flags(parser)
     args = parser.parse_args(argv)
 
     def body():
+        from pipeline.memory import parse_bytes
+
+        limit = None if args.memory_limit is None else parse_bytes(args.memory_limit)
         strategy = make_cli_strategy(args.logical_cpus)  # must precede any TensorFlow op
         schema = DataSchema.load(args.data_dir)
         preset = args.preset or preset_for_dataset(schema.dataset)
         cfg = resolve(preset, args.config, args.set)
         run_search(args.data_dir, args.model_dir, cfg, quiet=args.quiet, preset=preset,
-                   strategy=strategy)
+                   strategy=strategy, memory_limit=limit, dry_run=args.dry_run)
 
     return run_main(body)
 
