@@ -30,7 +30,8 @@ def add_memory_flags(parser: StrictArgumentParser) -> None:
     parser.add_argument("--memory_limit", metavar="BYTES",
                         help="refuse to start a search whose memory model needs more than this "
                              "on one device (bytes, or with K, M, G, T: 16G, 40GB, 512M; powers "
-                             "of 1024); the device's free memory is always checked")
+                             "of 1024); the device is always checked (a GPU's total memory, the "
+                             "host's MemAvailable)")
     parser.add_argument("--dry_run", action="store_true",
                         help="print the memory model (and whether the search fits) and exit "
                              "without creating anything")

@@ -46,7 +46,7 @@ FLOAT_BYTES = 4
 # the allocator's rounding and fragmentation (the model counts the variables exactly).
 SAFETY_FACTOR = 1.25
 # GPU only: memory TensorFlow's process needs beside the model (CUDA context, cuBLAS/cuDNN
-# workspaces); nvidia-smi's free memory is read before this process creates its context.
+# workspaces), taken off the GPU's total memory.
 GPU_RUNTIME_RESERVE = 1 << 30
 # Keras Adam on a row-sparse gradient: the densified gradient and the elementwise temporaries of
 # its moment updates, each the size of the table (LazyAdam updates only the touched rows).
@@ -416,35 +416,42 @@ def meminfo_available(path: str = "/proc/meminfo") -> int | None:
     return None
 
 
-def nvidia_smi_free() -> int | None:
-    """The least free memory among the visible GPUs, per nvidia-smi (None if unavailable)."""
+def nvidia_smi_total() -> int | None:
+    """The smallest total memory among the GPUs this process sees, per nvidia-smi (None if
+    unavailable). The total, not the free memory: once this process has started TensorFlow on
+    the GPUs (the strategy, an earlier search of `--param_costs`), TensorFlow has reserved
+    nearly all of it, and "free" would read as 0. CUDA_VISIBLE_DEVICES entries are matched by
+    index or UUID; when one cannot be matched, every GPU counts (the smallest is used). A GPU
+    shared with other jobs: pass --memory_limit."""
     import os
 
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index,memory.free", "--format=csv,noheader,nounits"],
+            ["nvidia-smi", "--query-gpu=index,uuid,memory.total",
+             "--format=csv,noheader,nounits"],
             capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    free = {}
+    total, by_uuid = {}, {}
     for line in out.strip().splitlines():
         try:
-            index, mib = (x.strip() for x in line.split(","))
-            free[index] = int(float(mib)) << 20
+            index, uuid, mib = (x.strip() for x in line.split(","))
+            total[index] = by_uuid[uuid] = int(float(mib)) << 20
         except ValueError:
             continue
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and all(x.strip().isdigit() for x in visible.split(",") if x.strip()):
-        chosen = [free[x.strip()] for x in visible.split(",") if x.strip() in free]
-        if chosen:
+    visible = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+               if x.strip()]
+    if "CUDA_VISIBLE_DEVICES" in os.environ and visible:
+        chosen = [total.get(x, by_uuid.get(x)) for x in visible]
+        if all(c is not None for c in chosen):
             return min(chosen)
-    return min(free.values()) if free else None
+    return min(total.values()) if total else None
 
 
 def device_memory(strategy) -> tuple[str, int, int | None, str]:
     """(device kind, replicas in sync, bytes available on one device (for a CPU: the host) or
-    None, where that figure comes from). GPUs: nvidia-smi's free memory (TensorFlow's
-    `get_memory_info` needs an allocation first), else the size in the device name that
+    None, where that figure comes from). GPUs: nvidia-smi's total memory (nvidia_smi_total), else
+    the size in the device name that
     `tf.config.experimental.get_device_details` reports; CPU: MemAvailable of /proc/meminfo."""
     import tensorflow as tf
 
@@ -457,9 +464,9 @@ def device_memory(strategy) -> tuple[str, int, int | None, str]:
     on_cpu = not gpus or (devices and all("CPU" in d.upper() for d in devices))
     if on_cpu:
         return "CPU", replicas, meminfo_available(), "/proc/meminfo MemAvailable"
-    free = nvidia_smi_free()
-    if free is not None:
-        return "GPU", replicas, free, "nvidia-smi memory.free, least of the GPUs"
+    size = nvidia_smi_total()
+    if size is not None:
+        return "GPU", replicas, size, "nvidia-smi memory.total, the smallest visible GPU"
     sizes = []
     for gpu in gpus:
         try:

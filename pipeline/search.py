@@ -13,8 +13,8 @@ validation batch (first-order DARTS). Writes `model_dir/dims.json` with the argm
 
 Before it starts, the search prints its memory model (`pipeline/memory.py`: the supernet per
 lookup, the retrained model, the SavedModel's vocabulary tables) and refuses to start (exit 2,
-nothing written) when it does not fit the device's free memory or `--memory_limit`; `--dry_run`
-prints it and exits.
+nothing written) when it does not fit the device (a GPU's total memory, the host's available
+memory) or `--memory_limit`; `--dry_run` prints it and exits.
 """
 from __future__ import annotations
 

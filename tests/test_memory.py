@@ -169,19 +169,25 @@ def test_meminfo_and_nvidia_smi(tmp_path, monkeypatch):
 
     def fake_run(cmd, **kw):
         assert cmd[0] == "nvidia-smi"
-        return types.SimpleNamespace(stdout="0, 15000\n1, 3000\n2, 40000\n")
+        assert "memory.total" in cmd[1]  # not memory.free: TF reserves it once started
+        return types.SimpleNamespace(
+            stdout="0, GPU-aa, 15000\n1, GPU-bb, 3000\n2, GPU-cc, 40000\n")
 
     monkeypatch.setattr(memory.subprocess, "run", fake_run)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert memory.nvidia_smi_free() == 3000 << 20
+    assert memory.nvidia_smi_total() == 3000 << 20
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
-    assert memory.nvidia_smi_free() == 15000 << 20
+    assert memory.nvidia_smi_total() == 15000 << 20
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-cc")  # schedulers that set UUIDs
+    assert memory.nvidia_smi_total() == 40000 << 20
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-unknown")  # unmatched: every GPU counts
+    assert memory.nvidia_smi_total() == 3000 << 20
 
     def missing(cmd, **kw):
         raise FileNotFoundError("nvidia-smi")
 
     monkeypatch.setattr(memory.subprocess, "run", missing)
-    assert memory.nvidia_smi_free() is None
+    assert memory.nvidia_smi_total() is None
     assert issubclass(subprocess.CalledProcessError, subprocess.SubprocessError)
 
 
