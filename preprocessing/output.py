@@ -214,11 +214,18 @@ def remove(path: str) -> None:
 def commit(tmp: str, out: str, overwrite: bool) -> None:
     """Makes `tmp` appear as `out` (replacing an existing `out` only when `overwrite` and it is
     a directory this job wrote: see check_replaceable)."""
-    if exists(out):
-        if not overwrite:
-            raise FileExistsError(f"output directory {out} exists (pass --overwrite to replace "
-                                  f"it)")
-        check_replaceable(out)
+    try:
+        if exists(out):
+            if not overwrite:
+                raise FileExistsError(f"output directory {out} exists (pass --overwrite to "
+                                      f"replace it)")
+            check_replaceable(out)
+    except FileExistsError as exc:  # DIR appeared or changed while the job ran: keep the result
+        if not is_local(tmp):
+            raise
+        done = sibling(out, "done")  # not a leftover pattern: the next run never removes it
+        os.rename(tmp, done)
+        raise FileExistsError(f"{exc}; the finished output is kept in {done}") from None
     if not is_local(out):
         remove(out)
         _move_remote(tmp, out, last=SCHEMA_FILE)
@@ -227,7 +234,12 @@ def commit(tmp: str, out: str, overwrite: bool) -> None:
     if os.path.exists(out):
         old = sibling(out, "old")
         os.rename(out, old)
-    os.rename(tmp, out)
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        if old:
+            os.rename(old, out)  # put the previous output back
+        raise
     if old:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -102,6 +102,28 @@ def test_overwrite_only_replaces_a_directory_the_job_wrote(raw, tmp_path):
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p or ".old-" in p]
 
 
+def test_an_output_that_appears_during_the_run_keeps_the_finished_result(raw, tmp_path,
+                                                                         monkeypatch):
+    out = tmp_path / "out"
+    real_commit = output.commit
+
+    def someone_else_writes_first(tmp, dest, overwrite):
+        os.makedirs(dest)
+        (out / "theirs.txt").write_text("theirs")
+        return real_commit(tmp, dest, overwrite)
+
+    monkeypatch.setattr(output, "commit", someone_else_writes_first)
+    with pytest.raises(FileExistsError, match=r"the finished output is kept in (\S+)") as info:
+        _run(raw, out)
+    done = info.value.args[0].rsplit(" ", 1)[1]
+    assert os.path.basename(done).startswith("out.done-")
+    assert DataSchema.load(done).splits["train"] > 0
+    assert sorted(os.listdir(out)) == ["theirs.txt"]
+    monkeypatch.setattr(output, "commit", real_commit)
+    _run(raw, tmp_path / "out2")  # the next run (its leftover cleanup) keeps the result
+    assert DataSchema.load(done).splits["train"] > 0
+
+
 # ----------------------------------------------------------------------------- 2. damaged input
 
 def _complete_lines(compressed: bytes) -> int:
