@@ -379,6 +379,7 @@ def _atomic_outputs(output: Path, rejects_path: Path):
             for fh in (out, rejects):
                 fh.flush()
                 os.fsync(fh.fileno())
+        check_output(output, rejects_path)  # again: something may have appeared meanwhile
         os.replace(tmp_rejects, rejects_path)
         os.replace(tmp_out, output)
         temps.clear()

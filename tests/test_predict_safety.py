@@ -133,6 +133,24 @@ def test_existing_file_not_written_by_predict_is_never_overwritten(model, raw_li
     assert _listing(tmp_path) == sorted(["in.txt", victim.name])
 
 
+def test_a_file_that_appears_at_the_output_during_the_run_is_not_replaced(
+        model, raw_lines, tmp_path, capsys, monkeypatch):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(raw_lines[:10]) + "\n", encoding="utf-8")
+    out = tmp_path / "report.csv"
+    real = predict_mod._score_files
+
+    def meanwhile(*args, **kwargs):
+        out.write_text("someone else's\n", encoding="utf-8")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_mod, "_score_files", meanwhile)
+    code, err = _run(model, str(src), out, capsys)
+    assert code == 2 and "refusing to overwrite" in err[-1], err
+    assert out.read_text(encoding="utf-8") == "someone else's\n"
+    assert _listing(tmp_path) == ["in.txt", "report.csv"]
+
+
 # ----------------------------------------------------------------------------- item 4
 
 def _damaged_gz(path, lines, how):
