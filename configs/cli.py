@@ -218,7 +218,7 @@ class StrictArgumentParser(argparse.ArgumentParser):
         unknown = []
         for arg in argv:
             if arg == "--":
-                break
+                self.error("'--' (end of flags) is not supported: every value belongs to a flag")
             name = arg.split("=", 1)[0]
             if (name.startswith("--") and name not in self._option_string_actions
                     and name not in beam):
@@ -237,7 +237,9 @@ class StrictArgumentParser(argparse.ArgumentParser):
                 self._refuse(unknown)
             return parsed
         if unknown:
-            _, not_beam = _beam_parser().parse_known_args(unknown)
+            beam = _beam_parser()
+            beam.error = lambda message: self.error(f"Beam pipeline option: {message}")
+            _, not_beam = beam.parse_known_args(unknown)
             if not_beam:
                 self._refuse(not_beam)
         return parsed, unknown

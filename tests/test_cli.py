@@ -251,3 +251,16 @@ def test_progress_on_a_terminal_shows_bytes_as_bytes():
     text = stream.getvalue()
     assert "5.00M/5.00M" in text and "B/s" in text and "rows=12,345" in text
     assert "steps/s" not in text
+
+
+def test_a_bad_beam_value_is_one_usage_error_of_this_command(capsys):
+    err = _refused("preprocessing.run", CLIS["preprocessing.run"] + ["--num_workers", "abc"],
+                   capsys)
+    assert "python -m preprocessing.run: error: Beam pipeline option: argument --num_workers: " \
+           "invalid int value: 'abc'" in err
+    assert len(err) < 3000  # this command's usage, not Beam's 8 KB one
+
+
+def test_the_end_of_flags_separator_is_refused_by_name(capsys):
+    err = _refused("pipeline.search", CLIS["pipeline.search"] + ["--", "x"], capsys)
+    assert "'--' (end of flags) is not supported" in err
