@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import fcntl
 import functools
 import os
 import sys
@@ -275,3 +276,38 @@ def atomic_output(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+# Directories this process is writing, locked (flock on the directory itself) until it exits: a
+# later run removes a killed run's temporary directory only when nobody holds its lock, which a
+# PID check alone cannot tell (containers with the same host name but their own PID namespace
+# share a volume).
+_HELD: list[int] = []
+
+
+def hold_directory(path: str | Path) -> None:
+    """Locks `path` (a directory this process created) for the rest of the process's life."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise
+    _HELD.append(fd)
+
+
+def directory_in_use(path: str | Path) -> bool:
+    """True when a live process (of any PID namespace on this kernel) holds `path`'s lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return True  # cannot tell: leave it alone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock this call took
+    return False

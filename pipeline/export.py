@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from configs.cli import StrictArgumentParser, UsageError, run_main
+from configs.cli import StrictArgumentParser, UsageError, directory_in_use, hold_directory, run_main
 from configs.features import MISSING_TOKEN, SCHEMA_FILE, DataSchema, DatasetSpec
 from configs.loader import ConfigError, from_dict
 from pipeline.retrain import MODEL_FILE, SPEC_FILE
@@ -236,14 +236,16 @@ def _running(pid: int) -> bool:
 
 def remove_dead_leftovers(base: Path, log=print) -> list[Path]:
     """Removes the temporary directories of exports that were killed: named exactly as this
-    module names them, written on this host by a process that is no longer running. Any other
-    entry (another host's, a live exporter's, anything else) is left alone."""
+    module names them, written on this host by a process that is no longer running, unlocked
+    (configs.cli.hold_directory). Any other entry (another host's, a live exporter's, anything
+    else) is left alone."""
     removed = []
     host = socket.gethostname()
     for entry in sorted(base.iterdir()):
         m = _LEFTOVER.fullmatch(entry.name)
         if (m and m["host"] == host and entry.is_dir() and not entry.is_symlink()
-                and int(m["pid"]) != os.getpid() and not _running(int(m["pid"]))):
+                and int(m["pid"]) != os.getpid() and not _running(int(m["pid"]))
+                and not directory_in_use(entry)):
             shutil.rmtree(entry)
             removed.append(entry)
             log(f"removed {entry}: the temporary directory of an export that was killed")
@@ -274,6 +276,8 @@ def export(model_dir: str | Path, export_dir: str | Path, name: str | None = Non
     base.mkdir(parents=True, exist_ok=True)
     remove_dead_leftovers(base, log)
     tmp = base / f".tmp-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+    tmp.mkdir()
+    hold_directory(tmp)  # until this process exits: a later export sees it is in use
     try:
         tf.saved_model.save(module, str(tmp), signatures=module.signature_functions())
         rows, source = raw_rows_from_inputs(schema, data_dir, warmup_rows)

@@ -30,6 +30,7 @@ from typing import Iterable
 
 from apache_beam.io.filesystems import FileSystems
 
+from configs.cli import directory_in_use, hold_directory
 from configs.features import SCHEMA_FILE
 
 MARKER_FILE = "_AUTODIM_PREPROCESS"
@@ -72,6 +73,7 @@ def make_temp(out: str) -> str:
     tmp = sibling(out, TMP_TAG)
     if is_local(tmp):
         os.makedirs(tmp)
+        hold_directory(tmp)  # until this process exits: a later run sees it is in use
     write_marker(tmp)
     return tmp
 
@@ -169,7 +171,8 @@ def _process_alive(pid: int) -> bool:
 def clean_leftovers(out: str) -> list[str]:
     """Removes the `DIR.tmp-XXXXXXXX` siblings of `out` that killed runs of this job left:
     exactly that name (8 hex digits), a real directory with the job's marker naming a process
-    of this host that no longer runs, holding only the job's own entries. Anything else is left
+    of this host that no longer runs, whose lock (configs.cli.hold_directory) nobody holds,
+    holding only the job's own entries. Anything else is left
     alone. Local paths only; returns the removed directories."""
     if not is_local(out):
         return []
@@ -187,7 +190,8 @@ def clean_leftovers(out: str) -> list[str]:
         marker = read_marker(path)
         if marker is None or marker.get("host") != host or not isinstance(marker.get("pid"), int):
             continue
-        if _process_alive(marker["pid"]) or _foreign(path, unfinished=True):
+        if (_process_alive(marker["pid"]) or directory_in_use(path)
+                or _foreign(path, unfinished=True)):
             continue
         shutil.rmtree(path)
         logging.warning("removed %s, the unfinished output of an earlier run that was stopped",

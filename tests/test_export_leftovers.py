@@ -36,3 +36,24 @@ def test_next_export_removes_only_a_killed_exports_temporary(served, tmp_path): 
     assert any(str(killed) in line and "killed" in line for line in logged)
     assert sorted(p.name for p in base.iterdir()) == sorted(
         ["1", live.name, other_host.name, unrelated.name])
+
+
+def test_a_locked_leftover_of_a_pid_that_looks_dead_is_kept(tmp_path):
+    """Another container with the same host name (its own PID namespace) may be exporting: its
+    PID looks dead here, but it holds the directory's lock."""
+    from pipeline.export import remove_dead_leftovers
+
+    busy = tmp_path / f".tmp-{socket.gethostname()}-{_dead_pid()}-4"
+    busy.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from configs.cli import hold_directory; "
+         "hold_directory(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(busy)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert remove_dead_leftovers(tmp_path, log=lambda *_: None) == []
+        assert busy.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert remove_dead_leftovers(tmp_path, log=lambda *_: None) == [busy]

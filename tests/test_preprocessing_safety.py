@@ -232,6 +232,24 @@ def _killed_run_tmp(out) -> str:
     return tmp
 
 
+def test_a_locked_leftover_whose_pid_looks_dead_is_kept(tmp_path):
+    """A run in another container with the same host name (its own PID namespace) holds its
+    directory's lock while its PID looks dead here: the cleanup keeps it."""
+    out = tmp_path / "out"
+    tmp = _killed_run_tmp(out)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from configs.cli import hold_directory; "
+         "hold_directory(sys.argv[1]); print('held', flush=True); time.sleep(60)", tmp],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert output.clean_leftovers(str(out)) == [] and os.path.isdir(tmp)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert output.clean_leftovers(str(out)) == [tmp] and not os.path.exists(tmp)
+
+
 def test_next_run_removes_only_the_jobs_own_leftovers(raw, tmp_path):
     out = tmp_path / "out"
     killed = [_killed_run_tmp(out), _killed_run_tmp(out)]
