@@ -99,22 +99,28 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_dims(small_data, tmp_pat
     np.testing.assert_allclose(pa, pb, atol=1e-5)
 
 
+def _nan_valid_dataset(tmp_path, n: int):
+    """A dataset whose validation labels are all NaN: training batches stay finite, the first
+    alpha update (on a validation batch) poisons the model."""
+    rng = np.random.default_rng(0)
+    ids = {
+        s: np.stack([rng.integers(0, v, n) for v in VOCAB], 1) for s in ("train", "valid", "test")
+    }
+    labels = {s: (rng.random(n) < 0.3).astype(np.float32) for s in ids}
+    labels["valid"][:] = np.nan
+    data = tmp_path / "data"
+    write_dataset(data, ids, labels, VOCAB, shards=1)
+    return data
+
+
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     import tensorflow as tf
 
     from pipeline.search import run_search
 
-    rng = np.random.default_rng(0)
-    n = 6000
-    ids = {
-        s: np.stack([rng.integers(0, v, n) for v in VOCAB], 1) for s in ("train", "valid", "test")
-    }
-    labels = {s: (rng.random(n) < 0.3).astype(np.float32) for s in ids}
-    # a corrupt validation split: pre-training (training batches only) stays finite and
-    # checkpoints at steps 10 and 20; the first alpha update at step 21 poisons the model
-    labels["valid"][:] = np.nan
-    data = tmp_path / "data"
-    write_dataset(data, ids, labels, VOCAB, shards=1)
+    # pre-training stays finite and checkpoints at steps 10 and 20; the first alpha update at
+    # step 21 poisons the model
+    data = _nan_valid_dataset(tmp_path, 6000)
     cfg = experiment.resolve("default", None, [
         "search.batch_size=100", "search.pretrain_steps=20", "search.search_steps=20",
         "search.checkpoint_every=10", "search.steps_per_call=10"])
@@ -232,17 +238,9 @@ def test_nan_message_promises_a_checkpoint_only_when_one_exists(tmp_path):
 def test_nan_before_the_first_checkpoint_says_none_was_written(tmp_path):
     from pipeline.search import run_search
 
-    rng = np.random.default_rng(0)
-    n = 2000
-    ids = {
-        s: np.stack([rng.integers(0, v, n) for v in VOCAB], 1) for s in ("train", "valid", "test")
-    }
-    labels = {s: (rng.random(n) < 0.3).astype(np.float32) for s in ids}
     # no pre-training: the first call's alpha update on a (corrupt) validation batch poisons the
     # model before the first checkpoint (due at step 10)
-    labels["valid"][:] = np.nan
-    data = tmp_path / "data"
-    write_dataset(data, ids, labels, VOCAB, shards=1)
+    data = _nan_valid_dataset(tmp_path, 2000)
     cfg = experiment.resolve("default", None, [
         "search.batch_size=100", "search.pretrain_epochs=0", "search.search_steps=20",
         "search.checkpoint_every=10", "search.steps_per_call=5"])
