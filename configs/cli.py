@@ -26,7 +26,6 @@ import fcntl
 import functools
 import os
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -250,25 +249,35 @@ class StrictArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+TEMP_INFIX = ".tmp-"  # temporaries are `.NAME.tmp-XXXXXXXX` beside NAME
+
+
+def create_temp(final: str | Path) -> tuple[Path, int]:
+    """A new, empty file `.NAME.tmp-XXXXXXXX` beside `final` and its open descriptor. Created
+    with O_EXCL and mode 0o666, so the umask applies as for open(path, "w") (mkstemp: 0o600)."""
+    final = Path(final)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = final.with_name(f".{final.name}{TEMP_INFIX}{os.urandom(4).hex()}")
+        try:
+            return tmp, os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {final}")
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | Path, mode: str = "w", **open_kwargs) -> Iterator:
-    """Opens a hidden temporary file beside `path` (`.NAME.tmp-XXXX`) and renames it to `path`
-    when the block succeeds (removed when it fails), so a reader never sees a partial file. The
-    file gets the permissions the umask gives a new file (0o666 & ~umask). Refuses an existing
-    `path`: callers decide beforehand whether replacing it is allowed and remove it themselves."""
+def atomic_output(path: str | Path, mode: str = "w", *, replace: bool = False,
+                  **open_kwargs) -> Iterator:
+    """Opens a temporary file beside `path` (create_temp) and renames it to `path` when the
+    block succeeds (removed when it fails), so a reader never sees a partial file. Refuses an
+    existing `path` unless `replace`: callers decide beforehand whether replacing is allowed."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp, fd = create_temp(path)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **open_kwargs) as fh:
             yield fh
-        if path.exists():
+        if not replace and path.exists():
             raise FileExistsError(f"{path} appeared while it was being written; "
                                   f"the new output is not moved over it")
         os.replace(tmp, path)
@@ -311,3 +320,21 @@ def directory_in_use(path: str | Path) -> bool:
     finally:
         os.close(fd)  # closing releases a lock this call took
     return False
+
+
+def abandoned(path: str | Path, host: str, pid: int) -> bool:
+    """True when the temporary directory `path`, written by process `pid` on `host`, was left
+    by a run that is gone: `host` is this host, `pid` runs no more (and is not this process),
+    and nobody holds the directory's lock (hold_directory)."""
+    import socket
+
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+        return False  # running
+    except ProcessLookupError:
+        pass
+    except (PermissionError, OverflowError, ValueError):
+        return False  # someone else's live process, or not a pid at all
+    return not directory_in_use(path)

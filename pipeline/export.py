@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from configs.cli import StrictArgumentParser, UsageError, directory_in_use, hold_directory, run_main
+from configs.cli import StrictArgumentParser, UsageError, abandoned, hold_directory, run_main
 from configs.features import MISSING_TOKEN, SCHEMA_FILE, DataSchema, DatasetSpec
 from configs.loader import ConfigError, from_dict
 from pipeline.retrain import MODEL_FILE, SPEC_FILE
@@ -224,28 +224,16 @@ def build_module(model, schema: DataSchema, data_dir: Path, extra_assets=()):
 _LEFTOVER = re.compile(r"\.tmp-(?P<host>[^/]+)-(?P<pid>[0-9]+)-[0-9]+")
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's live process
-    return True
-
-
 def remove_dead_leftovers(base: Path, log=print) -> list[Path]:
     """Removes the temporary directories of exports that were killed: named exactly as this
     module names them, written on this host by a process that is no longer running, unlocked
     (configs.cli.hold_directory). Any other entry (another host's, a live exporter's, anything
     else) is left alone."""
     removed = []
-    host = socket.gethostname()
     for entry in sorted(base.iterdir()):
         m = _LEFTOVER.fullmatch(entry.name)
-        if (m and m["host"] == host and entry.is_dir() and not entry.is_symlink()
-                and int(m["pid"]) != os.getpid() and not _running(int(m["pid"]))
-                and not directory_in_use(entry)):
+        if (m and entry.is_dir() and not entry.is_symlink()
+                and abandoned(entry, m["host"], int(m["pid"]))):
             shutil.rmtree(entry)
             removed.append(entry)
             log(f"removed {entry}: the temporary directory of an export that was killed")

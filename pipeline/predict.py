@@ -47,19 +47,24 @@ import gzip
 import io
 import json
 import os
-import secrets
 import sys
 import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from configs.cli import JobError, StrictArgumentParser, UsageError, run_main
+from configs.cli import (
+    TEMP_INFIX,
+    JobError,
+    StrictArgumentParser,
+    UsageError,
+    create_temp,
+    run_main,
+)
 from configs.features import SCHEMA_FILE, DataSchema, DatasetSpec, dataset_spec
 from configs.loader import from_dict
 
 REJECTS_SUFFIX = ".rejects.jsonl"
 OUTPUT_HEADER = ("row_id", "source", "line", "probability", "label")
-TEMP_INFIX = ".tmp-"  # the temporaries: .NAME.tmp-XXXXXXXX beside NAME
 
 
 class PredictError(UsageError):
@@ -319,16 +324,9 @@ def check_output(output: Path, rejects: Path) -> None:
 def _create_temp(final: Path, created: list[Path]):
     """A new text file `.NAME.tmp-XXXXXXXX` beside `final` (mode 0666 minus the umask, as open()
     gives), appended to `created` at once so a failure can remove it."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        tmp = final.with_name(f".{final.name}{TEMP_INFIX}{secrets.token_hex(4)}")
-        try:
-            fd = os.open(tmp, flags, 0o666)
-        except FileExistsError:
-            continue
-        created.append(tmp)
-        return tmp, open(fd, "w", newline="", encoding="utf-8")
-    raise FileExistsError(f"no free temporary name beside {final}")
+    tmp, fd = create_temp(final)
+    created.append(tmp)
+    return tmp, open(fd, "w", newline="", encoding="utf-8")
 
 
 def _lines(path: str) -> Iterator[tuple[int, bytes, int]]:

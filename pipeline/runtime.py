@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
+from configs.cli import atomic_output
 from configs.loader import ConfigError
 from pipeline import input as input_lib
 
@@ -17,30 +17,13 @@ CONFIG_FILE = "config.json"
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    """Writes JSON so a reader never sees a half-written file: into `.NAME.XXXXXXXX` beside it,
-    then renamed (only a crash leaves that temporary behind). The file's mode follows the umask
-    (0o666 & ~umask) like every other file the pipeline writes; tempfile.mkstemp would give
-    0o600."""
+    """Writes JSON so a reader never sees a half-written file (configs.cli.atomic_output,
+    replacing an earlier version of the file; the mode follows the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{os.urandom(4).hex()}"
-        try:
-            fd = os.open(tmp, flags, 0o666)  # the umask applies, as for open(path, "w")
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(f"cannot create a temporary file for {path}")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path, "w", replace=True, encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
     return path
 
 

@@ -30,7 +30,7 @@ from typing import Iterable
 
 from apache_beam.io.filesystems import FileSystems
 
-from configs.cli import directory_in_use, hold_directory
+from configs.cli import abandoned, hold_directory
 from configs.features import SCHEMA_FILE
 
 MARKER_FILE = "_AUTODIM_PREPROCESS"
@@ -158,16 +158,6 @@ def check_replaceable(out: str, inputs: Iterable[str] = ()) -> None:
                f"{f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''})")
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
-
-
 def clean_leftovers(out: str) -> list[str]:
     """Removes the `DIR.tmp-XXXXXXXX` siblings of `out` that killed runs of this job left:
     exactly that name (8 hex digits), a real directory with the job's marker naming a process
@@ -182,16 +172,17 @@ def clean_leftovers(out: str) -> list[str]:
         candidates = sorted(os.listdir(parent))
     except OSError:
         return []
-    removed, host = [], socket.gethostname()
+    removed = []
     for entry in candidates:
         path = os.path.join(parent, entry)
         if not pattern.fullmatch(entry) or os.path.islink(path) or not os.path.isdir(path):
             continue
         marker = read_marker(path)
-        if marker is None or marker.get("host") != host or not isinstance(marker.get("pid"), int):
+        if marker is None or not isinstance(marker.get("pid"), int):
             continue
-        if (_process_alive(marker["pid"]) or directory_in_use(path)
-                or _foreign(path, unfinished=True)):
+        if not abandoned(path, marker.get("host"), marker["pid"]):
+            continue
+        if _foreign(path, unfinished=True):
             continue
         shutil.rmtree(path)
         logging.warning("removed %s, the unfinished output of an earlier run that was stopped",
