@@ -12,7 +12,7 @@ is complete, --dataset and --input may be left out):
   WORKDIR/retrain_autodim the searched dimensions retrained -> metrics.json
   WORKDIR/retrain_fde<D>  the FDE baseline (every field at D) -> metrics.json
   WORKDIR/exports         the AutoDim model as a TF Serving SavedModel
-  WORKDIR/summary.json    AutoDim against FDE (and the planted truth, for --demo)
+  WORKDIR/summary.json    AutoDim against FDE (and the planted truth, for --demo or --truth)
 With --param_costs C1,C2,... the search and its retraining run once per parameter cost
 (WORKDIR/search_cost<C>, WORKDIR/retrain_cost<C>) and the model with the best validation AUC is
 kept, evaluated and exported (WORKDIR/param_cost_selection.json; pipeline/tuning.py).
@@ -45,12 +45,17 @@ def run(args) -> dict:
     work = Path(args.workdir)
     data, truth = _prepare_data(args, work)
     schema = DataSchema.load(data)
+    if truth is not None and sorted(f["name"] for f in truth["fields"]) != sorted(
+            schema.field_names):
+        raise ConfigError(f"--truth {args.truth}: its fields are not the data's fields "
+                          f"({', '.join(schema.field_names)})")
     preset = args.preset or ("synthetic" if args.demo else preset_for_dataset(schema.dataset))
     cfg = resolve(preset, args.config, args.set)
     if costs:
         autodim = _tuned_autodim(args, data, work, cfg, preset, costs, tolerance, embeddings)
     else:
         autodim = _autodim(args, data, work, cfg, preset)
+    print(f"[4/5] retraining the FDE-{args.fde_dim} baseline")
     fde = retrain(str(data), f"fde:{args.fde_dim}", str(work / f"retrain_fde{args.fde_dim}"), cfg,
                   quiet=args.quiet, preset=preset)
     export_dir = None if args.no_export else _export(args, work, schema, autodim["retrain_dir"])
@@ -82,8 +87,11 @@ def _prepare_data(args, work: Path) -> tuple[Path, dict | None]:
     if not args.demo and not (data / SCHEMA_FILE).exists() and not (args.dataset and args.input):
         raise ConfigError(f"--dataset and --input are required (or --demo): {data} holds no "
                           f"preprocessed data yet")
+    if args.demo and args.truth:
+        raise ConfigError("--truth is for synthetic --input files; --demo compares with the "
+                          "truth of the rows it writes")
+    truth = _read_truth(args.truth) if args.truth else None
     work.mkdir(parents=True, exist_ok=True)
-    truth = None
     if args.demo:
         from preprocessing import synthetic
 
@@ -117,7 +125,7 @@ def _autodim(args, data: Path, work: Path, cfg, preset: str) -> dict:
     search_dir, auto_dir = work / "search", work / "retrain_autodim"
     print(f"[3/5] searching dimensions (preset {preset}) -> {search_dir}")
     dims = run_search(str(data), str(search_dir), cfg, quiet=args.quiet, preset=preset)
-    print(f"[4/5] retraining the searched dimensions and the FDE-{args.fde_dim} baseline")
+    print("[4/5] retraining the searched dimensions")
     auto = retrain(str(data), str(search_dir / "dims.json"), str(auto_dir), cfg,
                    quiet=args.quiet, preset=preset)
     return {"dims": dims, "metrics": auto, "retrain_dir": auto_dir, "selection": None}
@@ -140,7 +148,6 @@ def _tuned_autodim(args, data: Path, work: Path, cfg, preset: str, costs, tolera
     search_dir, auto_dir = Path(chosen["search_dir"]), Path(chosen["retrain_dir"])
     dims = json.loads((search_dir / "dims.json").read_text(encoding="utf-8"))
     auto = json.loads((auto_dir / "metrics.json").read_text(encoding="utf-8"))
-    print(f"[4/5] retraining the FDE-{args.fde_dim} baseline")
     return {"dims": dims, "metrics": auto, "retrain_dir": auto_dir, "selection": selection}
 
 
@@ -155,6 +162,23 @@ def _export(args, work: Path, schema, auto_dir: Path) -> Path:
     # first run, or --param_costs chose another model: a new version
     print(f"[5/5] exporting the AutoDim model -> {work / 'exports'}")
     return export(auto_dir, work / "exports", name)
+
+
+def _read_truth(path: str) -> dict:
+    """--truth: the planted ground truth `preprocessing.synthetic` wrote beside its rows."""
+    try:
+        truth = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"--truth {path}: cannot be read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise ConfigError(f"--truth {path}: not JSON ({e})") from None
+    fields = truth.get("fields") if isinstance(truth, dict) else None
+    if not isinstance(fields, list) or not all(
+            isinstance(f, dict) and {"name", "informative", "latent_dim"} <= f.keys()
+            for f in fields):
+        raise ConfigError(f"--truth {path}: not a ground truth file of preprocessing.synthetic "
+                          f"(a 'fields' list of name / informative / latent_dim)")
+    return truth
 
 
 def _summary(schema, preset: str, work: Path, autodim: dict, fde: dict, export_dir,
@@ -232,6 +256,9 @@ def main(argv=None) -> int:
     parser.add_argument("--demo", action="store_true", help="use the built-in synthetic dataset")
     parser.add_argument("--rows", type=int, default=DEMO_ROWS, help="synthetic rows for --demo")
     parser.add_argument("--seed", type=int, default=1, help="synthetic data seed for --demo")
+    parser.add_argument("--truth", help="the planted ground truth of synthetic --input "
+                        "(`preprocessing.synthetic` writes OUTPUT.truth.json): summary.json and "
+                        "the report compare the chosen dimensions with it")
     parser.add_argument("--dataset", choices=sorted(DATASETS) + ["csv"], help="format of --input")
     parser.add_argument("--input", help="raw log files: a glob, a directory or tfds:NAME")
     parser.add_argument("--preprocess_config", help="YAML PreprocessConfig for the Beam job")
