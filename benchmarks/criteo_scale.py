@@ -143,6 +143,10 @@ def main(argv=None) -> int:
     parser.add_argument("--predict_shards", type=int, default=1,
                         help="raw files scored through the export (0: no predict stage)")
     args = parser.parse_args(argv)
+    return run_main(lambda: _run(_checked(args)))
+
+
+def _checked(args):
     if args.rows < 1 or args.shards < 1 or args.predict_shards < 0:
         raise UsageError("--rows and --shards must be >= 1, --predict_shards >= 0")
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -150,7 +154,7 @@ def main(argv=None) -> int:
     if unknown or not args.stages:
         raise UsageError(f"--stages: unknown stage {', '.join(unknown) or '(none)'}; known: "
                          f"{', '.join(STAGES)}")
-    return run_main(lambda: _run(args))
+    return args
 
 
 def _run(args) -> int:

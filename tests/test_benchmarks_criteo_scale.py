@@ -1,0 +1,78 @@
+"""benchmarks.criteo_scale: the stage split of pipeline.run's output, its memory sampling and its
+flags (the full run is a benchmark, not a test: BENCHMARKS.md)."""
+
+import sys
+import time
+
+import pytest
+
+from benchmarks import criteo_scale
+
+# Prints pipeline.run's stage lines; holds ~150 MB during "search" only.
+FAKE_RUN = """
+import time
+print("[1/5] setup", flush=True); time.sleep(0.6)
+print("[3/5] searching dimensions", flush=True)
+block = bytearray(150 * 1024 * 1024)
+for i in range(0, len(block), 4096):
+    block[i] = 1
+time.sleep(1.2)
+del block
+print("[4/5] retraining the searched dimensions", flush=True); time.sleep(0.6)
+print("[4/5] retraining the FDE-32 baseline", flush=True); time.sleep(0.6)
+print("[5/5] exporting", flush=True); time.sleep(0.6)
+"""
+
+
+def test_run_staged_splits_time_and_memory_by_stage_lines(tmp_path):
+    log = tmp_path / "run.log"
+    start = time.monotonic()
+    stages = criteo_scale.run_staged([sys.executable, "-c", FAKE_RUN], log, poll=0.1)
+    wall = time.monotonic() - start
+    assert list(stages) == ["setup", "search", "retrain_autodim", "retrain_fde", "export"]
+    # each stage lasts at least its sleep, and the stages add up to the whole run
+    assert stages["search"]["seconds"] >= 1.2
+    for stage in ("setup", "retrain_autodim", "retrain_fde", "export"):
+        assert stages[stage]["seconds"] >= 0.6
+    assert sum(s["seconds"] for s in stages.values()) == pytest.approx(wall, abs=0.3)
+    # the 150 MB block is seen in the search stage only
+    assert stages["search"]["peak_tree_mb"] > 140
+    assert stages["retrain_fde"]["peak_tree_mb"] < stages["search"]["peak_tree_mb"] - 100
+    assert "[5/5] exporting" in log.read_text()
+
+
+def test_a_failing_pipeline_run_is_a_job_error_naming_its_log(tmp_path):
+    log = tmp_path / "run.log"
+    with pytest.raises(Exception, match="exit 3.*run.log"):
+        criteo_scale.run_staged([sys.executable, "-c", "print('[3/5] x'); raise SystemExit(3)"],
+                                log)
+
+
+def test_du_counts_file_bytes(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 1000)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "b").write_bytes(b"y" * 234)
+    assert criteo_scale._du(tmp_path) == 1234
+    assert criteo_scale._du(tmp_path / "a") == 1000
+    assert criteo_scale._du(tmp_path / "missing") == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stages", "generate,trian"], "unknown stage trian"),
+    (["--rows", "0"], "--rows and --shards must be >= 1"),
+])
+def test_bad_flags_are_refused_before_anything_is_written(tmp_path, argv, message, capsys):
+    work = tmp_path / "w"
+    assert criteo_scale.main(["--workdir", str(work), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not work.exists()
+
+
+def test_raw_rows_without_their_figures_are_not_reused(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "criteo.tsv.truth.json").write_text("{}")
+    assert criteo_scale.main(["--workdir", str(tmp_path), "--stages", "generate"]) == 2
+    assert "without their figures" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
