@@ -255,7 +255,13 @@ def _report(work: Path, args) -> str:
     if caps:
         lines.append(f"vocabulary caps applied: {json.dumps(caps)}")
     lines.append("rows per split: " + ", ".join(f"{k} {v:,}" for k, v in schema["splits"].items()))
-    lines.append("search schedule: " + json.dumps(dims["schedule"]))
+    scfg = json.loads((run / "search" / "config.json").read_text(encoding="utf-8"))["config"]
+    temp = scfg["search"]["temperature"]
+    temp_rule = (f"anneal 1 -> {scfg['search']['temperature_min']} over the search steps"
+                 if temp == "anneal" else
+                 f"paper: max({scfg['search']['temperature_min']}, 1 - "
+                 f"{scfg['search']['temperature_decay']} t)")
+    lines.append("search schedule: " + json.dumps(dims["schedule"]) + f"; temperature {temp_rule}")
     lines.append(f"AutoDim: test AUC {auto['test_auc']:.4f}, logloss {auto['test_logloss']:.4f}, "
                  f"{auto['params']:,} params, {auto['steps']} steps")
     lines.append(f"FDE-32:  test AUC {fde['test_auc']:.4f}, logloss {fde['test_logloss']:.4f}, "
