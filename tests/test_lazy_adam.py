@@ -109,6 +109,27 @@ def test_duplicate_indices_equal_dense_adam_with_summed_gradient():
     assert abs(_slots(lazy, lazy_var)[0][3, 0] - expected_m) < 1e-5
 
 
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_deduplicate_sums_in_input_order_with_first_seen_ids(index_dtype):
+    from models.lazy_adam import _deduplicate
+
+    rng = np.random.default_rng(4)
+    # 3,000 rows onto 50 ids, values of mixed magnitude: float32 sums that depend on the order
+    ids = rng.integers(0, 50, size=3000).astype(index_dtype)
+    values = (rng.normal(size=(3000, 2, 3)) * 10.0 ** rng.integers(-4, 4, size=(3000, 1, 1)))
+    values = values.astype("float32")
+    grad = tf.IndexedSlices(tf.constant(values), tf.constant(ids),
+                            tf.constant([50, 2, 3], tf.int64))
+    out = _deduplicate(grad)
+    first_seen = list(dict.fromkeys(ids.tolist()))
+    expected = np.zeros((len(first_seen), 2, 3), "float32")
+    np.add.at(expected, [first_seen.index(i) for i in ids.tolist()], values)  # in input order
+    assert out.indices.numpy().tolist() == first_seen
+    assert out.indices.dtype == grad.indices.dtype
+    np.testing.assert_array_equal(out.values.numpy(), expected)  # bitwise
+    np.testing.assert_array_equal(out.dense_shape.numpy(), [50, 2, 3])
+
+
 @pytest.mark.parametrize("amsgrad", [False, True])
 def test_dense_gradient_variables_behave_exactly_like_keras_adam(amsgrad):
     rng = np.random.default_rng(2)
@@ -427,3 +448,10 @@ def test_benchmark_runs_and_prints_ratio_line(capsys):
     assert "IndexedSlices" in lines[2]  # the table's gradient reached the optimizer sparse
     with pytest.raises(SystemExit):
         sparse_update.main(["--rows", "5000,5000"])
+    lazy_only = sparse_update.main(["--rows", "50,3000", "--steps", "1", "--warmup", "1",
+                                    "--optimizers", "lazy"])
+    assert set(lazy_only["medians_ms"]) == {(50, "lazy"), (3000, "lazy")}
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("lazy_3k_over_50=") and last.endswith(" dense_3k_over_50=nan")
+    with pytest.raises(SystemExit):
+        sparse_update.main(["--optimizers", "sgd"])
