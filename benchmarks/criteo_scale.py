@@ -20,7 +20,7 @@ of the summed RSS of the tree, polled from /proc every 0.5 s; output to DIR/STAG
 Each finished stage's figures go to DIR/figures/STAGE.json and a rerun skips it, so a run that
 was stopped resumes (pipeline.run resumes its own stages too). Disk written is the size of each
 stage's output directory. The report (also DIR/figures/report.md) ends with the line
-`rows=N total_hours=H peak_rss_gb=G disk_gb=D auc_delta=X params_share=Y`.
+`rows=N total_hours=H peak_rss_gib=G disk_gb=D auc_delta=X params_share=Y`.
 
 Nothing is deleted: DIR holds gigabytes at Criteo sizes (about 240 bytes per raw row, 60 per
 preprocessed row); remove it when its figures are recorded.
@@ -228,7 +228,8 @@ def _report(work: Path, args) -> str:
     auto = json.loads((run / "retrain_autodim" / "metrics.json").read_text(encoding="utf-8"))
     fde = json.loads((run / "retrain_fde32" / "metrics.json").read_text(encoding="utf-8"))
 
-    lines = ["| stage | wall | rate | peak RSS (tree) | disk written |", "|---|---|---|---|---|"]
+    lines = ["| stage | wall | rate | peak RSS (process tree) | disk written |",
+             "|---|---|---|---|---|"]
     total_s, peak, disk = 0.0, 0.0, 0
     for stage in ("generate", "preprocess", "setup", *TRAIN_STAGES, "predict"):
         f = _load(figs, stage)
@@ -246,7 +247,7 @@ def _report(work: Path, args) -> str:
         elif stage.startswith("retrain"):
             m = auto if stage == "retrain_autodim" else fde
             rate = f"{m['examples_per_second']:,.0f} examples/s (training)"
-        lines.append(f"| {stage} | {_hms(secs)} | {rate} | {mb / 1024:.2f} GB | "
+        lines.append(f"| {stage} | {_hms(secs)} | {rate} | {mb / 1024:.2f} GiB | "
                      f"{f.get('disk_bytes', 0) / 1e9:.2f} GB |")
     lines.append("")
     lines.append("vocabulary sizes after min-count (field: ids): " + ", ".join(
@@ -270,8 +271,9 @@ def _report(work: Path, args) -> str:
         t = summary["truth"]
         lines.append("chosen dim (planted latent dim; 0 = noise): " + ", ".join(
             f"{n}={summary['dims'][n]}({t[n]['latent_dim']})" for n in dims["field_order"]))
-    lines.append(f"rows={args.rows} total_hours={total_s / 3600:.2f} peak_rss_gb={peak / 1024:.2f} "
-                 f"disk_gb={disk / 1e9:.1f} auc_delta={summary['auc_delta']:+.4f} "
+    lines.append(f"rows={args.rows} total_hours={total_s / 3600:.2f} "
+                 f"peak_rss_gib={peak / 1024:.2f} disk_gb={disk / 1e9:.1f} "
+                 f"auc_delta={summary['auc_delta']:+.4f} "
                  f"params_share={summary['params_share_of_fde']:.3f}")
     return "\n".join(lines)
 
