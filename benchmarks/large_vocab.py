@@ -41,8 +41,9 @@ for the largest train-only V, and last
 with S and L the smallest and largest V of `--vocab` (`step_1m_over_10k=...` by default): X the
 ms/step ratio, Y the batch-2000 median latency ratio, Z the SavedModel's size in MB (10^6 bytes).
 Memory: the retraining holds 3 x V x (dim + 1) floats per large field (tables, LazyAdam's two
-slots); its end (restoring the best weights, saving model.keras) peaked at 13.2 GB for three
-fields of 10M, hence `--fields 2` for `--train_only 10000000` on a 24 GB machine.
+slots); its end releases the slots, then restores the best weights one variable at a time and
+writes model.keras from views of the variables (`pipeline.memory`'s "restore copy": at most one
+table more). `--fields 2` keeps `--train_only 10000000` well inside a 24 GB machine.
 Everything is written into one temporary directory (under `--workdir` if given), removed at the
 end unless `--keep`.
 """
@@ -362,11 +363,9 @@ def retrain_child(data_dir: str, model_dir: str, dim: int, steps: int, batch: in
 
 def retrain_in_subprocess(data_dir: Path, model_dir: Path, dim: int, steps: int, batch: int,
                           checkpoints: int) -> dict:
-    """run_retrain in a new Python process. A retraining leaves its compiled training loop's
-    graph alive in the process (pipeline.trainer.StepRunner's `_train` FuncGraph, kept by a
-    reference cycle through its while loop), and with it every table and optimizer slot the graph
-    captured: +0.4 GB per retraining at 2 fields x 1M, +4.7 GB at 2 x 10M. In one process the
-    retrainings would add up and each one's peak RSS would include its predecessors'."""
+    """run_retrain in a new Python process, so that each retraining's peak RSS (VmHWM) is its
+    own, measured from a fresh TensorFlow runtime rather than on top of what earlier retrainings
+    left in the allocator's free lists."""
     params = {"data_dir": str(data_dir), "model_dir": str(model_dir), "dim": dim,
               "steps": steps, "batch": batch, "checkpoints": checkpoints}
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)

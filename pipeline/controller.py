@@ -109,6 +109,12 @@ class Task:
         """The log line of one evaluation."""
         raise NotImplementedError
 
+    def release_training(self) -> None:
+        """Called once, when training is over (before the hooks' `end`): drops what only training
+        needs (the optimizers and their slots, the compiled training calls, the training input
+        streams) so the end of the run does not hold it beside what it allocates. Evaluation
+        keeps working."""
+
 
 class Hook:
     """An addition to the loop. Every method is optional."""
@@ -144,6 +150,9 @@ class Controller:
         from pipeline import runtime, summaries
         from pipeline.progress import Progress
 
+        # the gradient functions traced from here on are dropped when training ends (and at the
+        # end of `run`): see runtime.release_gradient_registrations
+        self._registrations = runtime.gradient_registrations()
         self.task, self.settings, self.hooks = task, settings, list(hooks)
         self.model_dir = Path(model_dir)
         state = dict(task.trackables())
@@ -170,14 +179,36 @@ class Controller:
         self.progress.log(message)
 
     def run(self) -> None:
-        """Trains, then runs the hooks' `end` in order."""
-        started = time.monotonic()
-        self.train()
-        self.progress.close()
-        self.train_seconds = time.monotonic() - started
-        for hook in self.hooks:
-            hook.end(self)
-        self.flush()
+        """Trains, releases what only training needed (`release_training`), then runs the hooks'
+        `end` in order. Whatever way it ends, the gradient functions traced during the run are
+        unregistered, so the run's graphs, and the variables they captured, can be freed once
+        its objects are dropped."""
+        try:
+            started = time.monotonic()
+            self.train()
+            self.progress.close()
+            self.train_seconds = time.monotonic() - started
+            self.release_training()
+            for hook in self.hooks:
+                hook.end(self)
+            self.flush()
+        finally:
+            self._release_graphs()
+
+    def release_training(self) -> None:
+        """After the last training call (its checkpoint written): the task drops its optimizers,
+        compiled training calls and input streams, the checkpointer its references, and the
+        traced training graphs are unregistered, so the optimizer slots (two tables' worth with
+        Adam) are freed before the hooks restore the best weights, score and save the model."""
+        self.task.release_training()
+        self.checkpointer.close()
+        self._release_graphs()
+
+    def _release_graphs(self) -> None:
+        from pipeline import runtime
+
+        runtime.release_gradient_registrations(self._registrations)
+        runtime.collect_garbage()
 
     def _stopping(self) -> bool:
         return any(hook.should_stop() for hook in self.hooks)
@@ -261,8 +292,10 @@ class EarlyStopping(Hook):
         with strategy.scope():
             self.best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_auc")
             self.bad_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_evals")
+        self._model = model
         self._weights = tf.train.Checkpoint(model=runtime.model_state(model))
         self._prefix = str(Path(directory) / "best" / "weights")
+        self._best_step: int | None = None  # the step of the best written in this process
 
     def trackables(self) -> dict:
         return {"best_auc": self.best, "bad_evals": self.bad_evals}
@@ -274,6 +307,7 @@ class EarlyStopping(Hook):
             self.best.assign(value)
             self.bad_evals.assign(0)
             self._weights.write(self._prefix)
+            self._best_step = logs.step
         else:
             self.bad_evals.assign_add(1)
         logs.notes["improved"] = improved
@@ -290,5 +324,12 @@ class EarlyStopping(Hook):
         return float(self.best.numpy())
 
     def end(self, ctl: Controller) -> None:
-        """Restores the best weights (every variable the model has)."""
-        self._weights.read(self._prefix).assert_existing_objects_matched()
+        """Restores the best weights (every variable the model has), a few variables at a time
+        and each large one alone (runtime.restore_model_state: no second copy of the tables).
+        Nothing to restore when the best was written at the last step in this process: the
+        model holds it."""
+        from pipeline import runtime
+
+        if self._best_step is not None and self._best_step == ctl.step:
+            return
+        runtime.restore_model_state(self._model, self._prefix)

@@ -22,6 +22,13 @@ more is kept free for the CUDA context and the cuBLAS/cuDNN workspaces. Under Mi
 every GPU holds a whole replica; K logical CPUs (`--logical_cpus K`) hold K replicas in the same
 host memory.
 
+The retrained model holds the same parts (its tables at the chosen dimensions), and one more
+table-sized copy, RESTORE_COPY: a restore reads a variable's new value beside the old one
+(`pipeline.runtime.restore_in_pieces`: one variable at a time, the largest alone), when a
+retraining resumes and when it restores its best weights at the end. At the end the optimizer
+slots are released first (`Controller.release_training`) and `model.keras` is written from views
+of the variables (`runtime.save_keras_model`, no copy), so nothing else is added there.
+
 The SavedModel's vocabulary tables (TF Serving's memory, not the search's): one StaticHashTable
 (token -> id) per field, estimated as 2 x the vocabulary files' bytes + VOCAB_ENTRY_OVERHEAD bytes
 per token. Measured (TF 2.21, `tf.saved_model.load` of a SavedModel holding one table built by
@@ -56,13 +63,16 @@ ACTIVATION_COPIES = 3
 # Slots per variable of each embedding optimizer (`pipeline.trainer.make_embedding_optimizer`).
 OPTIMIZER_SLOTS = {"lazy_adam": 2, "adam": 2, "adagrad": 1, "sgd": 0}
 DENSE_OPTIMIZER_SLOTS = 2  # the backbone's and alpha's optimizers are Adam
+# The retrained model's restores (resume, best weights): the new value of its largest table beside
+# the variable (pipeline.runtime.restore_in_pieces restores one variable at a time).
+RESTORE_COPY = "restore copy (largest table: resume, best weights)"
 # SavedModel vocabulary tables: bytes per token beside 2 x the vocabulary files' bytes (measured,
 # see the module docstring).
 VOCAB_ENTRY_OVERHEAD = 56
 
 # The parts of an Estimate that grow with the vocabulary (names start so).
 ROW_PARTS = ("embedding tables", "first-order table", "embedding optimizer slots",
-             "dense Adam update temporaries")
+             "dense Adam update temporaries", "restore copy")
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
@@ -138,10 +148,13 @@ def table_widths(num_fields: int, candidate_dims: Sequence[int], lookup: str) ->
 
 def model_estimate(label: str, vocab_sizes: Sequence[int], widths: Sequence[int],
                    dense: DenseShape, embedding_optimizer: str | None, *,
-                   batch_size: int = 0, activation_width: int = 0) -> Estimate:
+                   batch_size: int = 0, activation_width: int = 0,
+                   restore_copy: bool = False) -> Estimate:
     """The bytes of a model with per-field tables `widths` wide. `embedding_optimizer` None:
     weights only (no optimizer slots, no update temporaries: what inference holds).
-    `activation_width`: floats per example of the activations (ACTIVATION_COPIES of them)."""
+    `activation_width`: floats per example of the activations (ACTIVATION_COPIES of them).
+    `restore_copy`: one more copy of the largest table variable (RESTORE_COPY; fields of one
+    width share one variable, `models._tables`), for the retrained model."""
     if len(vocab_sizes) != len(widths):
         raise ValueError(f"{len(vocab_sizes)} vocab_sizes but {len(widths)} widths")
     table = sum(int(v) * int(w) for v, w in zip(vocab_sizes, widths)) * FLOAT_BYTES
@@ -149,6 +162,11 @@ def model_estimate(label: str, vocab_sizes: Sequence[int], widths: Sequence[int]
     parts = {"embedding tables": table}
     if first:
         parts["first-order table"] = first
+    if restore_copy:
+        groups: dict[int, int] = {}
+        for v, w in zip(vocab_sizes, widths):
+            groups[int(w)] = groups.get(int(w), 0) + int(v) * int(w) * FLOAT_BYTES
+        parts[RESTORE_COPY] = max([*groups.values(), first])
     if embedding_optimizer is not None:
         if embedding_optimizer not in OPTIMIZER_SLOTS:
             raise ValueError(f"unknown embedding optimizer {embedding_optimizer!r}; known: "
@@ -294,8 +312,10 @@ class MemoryReport:
                              f"rows x {other.width} columns, required "
                              f"{format_bytes(other.required)}")
         for r in self.retrain:
+            copy = (f", {RESTORE_COPY.split(' (')[0]} {format_bytes(r.parts[RESTORE_COPY])}"
+                    if RESTORE_COPY in r.parts else "")
             lines.append(f"  {r.label}: required {format_bytes(r.required)} "
-                         f"(tables {format_bytes(r.parts['embedding tables'])})")
+                         f"(tables {format_bytes(r.parts['embedding tables'])}{copy})")
         table, tokens, missing = self.vocab
         gone = f"; {missing} vocabulary file(s) missing" if missing else ""
         lines.append(f"  SavedModel vocabulary tables (serving): {tokens:,} tokens, about "
@@ -393,7 +413,7 @@ def build_report(schema, cfg, data_dir: str | Path, *, limit: int | None = None,
         retrain.append(model_estimate(
             f"retrained model, every field at {dim} ({what})", vocab, [dim] * num_fields, dense,
             r.embedding_optimizer, batch_size=max(1, r.batch_size // max(1, replicas)),
-            activation_width=num_fields * 3 * dim + 2 * int(sum(mlp_units))))
+            activation_width=num_fields * 3 * dim + 2 * int(sum(mlp_units)), restore_copy=True))
     file_bytes, tokens, missing = vocab_files(schema, data_dir)
     return MemoryReport(search=search, lookup=m.lookup, retrain=retrain,
                         vocab=(vocab_table_bytes(file_bytes, tokens), tokens, missing),

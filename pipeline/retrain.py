@@ -98,7 +98,12 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     stopping = EarlyStopping(strategy, task.model, model_dir, cfg.retrain.patience)
     scoring = TestScoring(task, stopping, model_dir)
     Controller(task, model_dir, task.settings(), hooks=[stopping, scoring], quiet=quiet).run()
-    return scoring.result
+    result = scoring.result
+    # the model and everything it holds are freed now, not at some later collection: a next
+    # retraining in this process (trials, pipeline.run, --param_costs) must not hold both
+    del task, stopping, scoring
+    runtime.collect_garbage()
+    return result
 
 
 def predict_split(model, data_dir, schema, split: str, batch_size: int):

@@ -87,6 +87,10 @@ class RetrainTask(Task):
     def train_scalars(self) -> dict:
         return {"learning_rate/model": self.cfg.retrain.learning_rate}
 
+    def release_training(self) -> None:
+        self.runner.release_training()
+        self.opts = self.train_it = None
+
     def describe(self, step: int, resumed: str | None) -> str:
         return (f"retrain: {self.schema.dataset} backbone={self.cfg.model.backbone} dims from "
                 f"{self.dims['source']} ({self.report['embedding']:,} embedding params), "
@@ -138,7 +142,7 @@ class TestScoring(Hook):
                                             r.batch_size)
         with np.load(valid_path) as valid:
             best_valid_logloss = numpy_logloss(valid["labels"], valid["probabilities"])
-        task.model.save(d / MODEL_FILE)
+        runtime.save_keras_model(task.model, d / MODEL_FILE)
         runtime.atomic_write_json(d / SPEC_FILE, task.spec)
         seconds = ctl.train_seconds
         return {

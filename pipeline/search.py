@@ -100,7 +100,10 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
     derivation = Derivation(task, model_dir)
     Controller(task, model_dir, task.settings(), hooks=[AlphaLogging(task), derivation],
                quiet=quiet).run()
-    return derivation.result
+    result = derivation.result
+    del task, derivation  # the supernet is freed before a retraining in this process starts
+    runtime.collect_garbage()
+    return result
 
 
 def search_embedding_name(model_cfg) -> str:

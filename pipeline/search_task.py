@@ -111,6 +111,10 @@ class SearchTask(Task):
                                       tf.constant(self.f, tf.int64))
         return CallResult(groups * self.f, loss_sum, "search")
 
+    def release_training(self) -> None:
+        self.runner.release_training()
+        self.opts = self.train_it = self.val_it = None
+
     def temperature(self) -> float:
         return float(self.embedding.temperature.numpy())
 

@@ -178,6 +178,12 @@ class StepRunner:
             self.train_stats.reset()
         return out
 
+    def release_training(self) -> None:
+        """Drops the optimizers and the compiled training calls (their traced graphs capture the
+        optimizer slots) once training is over; `evaluate` keeps working."""
+        self.opt = None
+        self.train = self.search = self.joint = None
+
 
 class StreamingStats:
     """Loss and AUC accumulated across replicas and steps without Keras metrics' replica-context

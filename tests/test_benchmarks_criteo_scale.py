@@ -30,10 +30,11 @@ def test_run_staged_splits_time_and_memory_by_stage_lines(tmp_path):
     stages = criteo_scale.run_staged([sys.executable, "-c", FAKE_RUN], log, poll=0.1)
     wall = time.monotonic() - start
     assert list(stages) == ["setup", "search", "retrain_autodim", "retrain_fde", "export"]
-    # each stage lasts at least its sleep, and the stages add up to the whole run
-    assert stages["search"]["seconds"] >= 1.2
+    # each stage lasts about its sleep (a stage starts when its line is read, so the reading of
+    # the line before may shorten it a little), and the stages add up to the whole run
+    assert stages["search"]["seconds"] >= 1.1
     for stage in ("setup", "retrain_autodim", "retrain_fde", "export"):
-        assert stages[stage]["seconds"] >= 0.6
+        assert stages[stage]["seconds"] >= 0.5
     assert sum(s["seconds"] for s in stages.values()) == pytest.approx(wall, abs=0.3)
     # the 150 MB block is seen in the search stage only
     assert stages["search"]["peak_tree_mb"] > 140

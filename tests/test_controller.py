@@ -144,6 +144,26 @@ def test_early_stopping_stops_checkpoints_and_restores_the_best_weights(tmp_path
     assert float(again.model.layers[0].kernel.numpy()[0, 0]) == 8.0
 
 
+def test_early_stopping_keeps_the_weights_when_the_last_evaluation_was_the_best(tmp_path):
+    import shutil
+
+    from pipeline.strategy import make_strategy
+
+    class RemoveBest(Hook):
+        """Ends before EarlyStopping: from then on a read of the best weights would fail."""
+
+        def end(self, ctl):
+            shutil.rmtree(tmp_path / "best")
+
+    task = ScriptedTask(aucs=[0.6, 0.7, 0.8])
+    stop = EarlyStopping(make_strategy(), task.model, tmp_path, patience=2)
+    Controller(task, tmp_path, _settings(total_steps=12, eval_every=4, checkpoint_every=50),
+               hooks=[RemoveBest(), stop], quiet=True).run()
+    # the best was written at the last step, which the model holds: nothing to read back
+    assert not stop.stopped and stop.best_value == pytest.approx(0.8)
+    assert float(task.model.layers[0].kernel.numpy()[0, 0]) == 12.0
+
+
 def test_a_nan_loss_stops_before_any_checkpoint_or_evaluation_of_that_call(tmp_path):
     task, rec = ScriptedTask(nan_at=11), Recorder()
     ctl = Controller(task, tmp_path, _settings(), hooks=[rec], quiet=True)

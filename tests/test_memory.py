@@ -63,6 +63,22 @@ def test_without_optimizer_slots_and_other_optimizers():
         model_estimate("x", VOCAB, ws, DENSE, "rmsprop")
 
 
+def test_the_retrained_model_counts_one_restore_copy_of_its_largest_table():
+    dense = DenseShape(trainable=100, non_trainable=10, arch=0, first_order=True)
+    est = model_estimate("retrained", VOCAB, [8, 8, 4], dense, "lazy_adam", restore_copy=True)
+    # tables: widths 8 and 4 are two variables, (10 + 20) x 8 x 4 = 960 and 5 x 4 x 4 = 80;
+    # first order 35 x 4 = 140; the restore copy: the largest variable, 960; slots
+    # 2 x (1040 + 140) = 2360; backbone 100 x 3 x 4 = 1200; BN statistics 10 x 4 = 40
+    assert est.parts[memory.RESTORE_COPY] == 960
+    assert list(est.parts.values()) == [1040, 140, 960, 2360, 1200, 40]
+    assert est.total == 5740 and est.required == 7175  # ceil(5740 x 1.25)
+    # the first-order table ([sum V, 1], one variable) when it is the largest: 101 x 4 = 404
+    # against 1 x 2 x 4 = 8 and 100 x 1 x 4 = 400
+    assert model_estimate("r", [1, 100], [2, 1], dense, None,
+                          restore_copy=True).parts[memory.RESTORE_COPY] == 404
+    assert memory.RESTORE_COPY not in model_estimate("s", VOCAB, [8, 8, 4], dense, None).parts
+
+
 def test_activations_term():
     est = model_estimate("act", [4, 4], [8, 8], DenseShape(0, 0, 0, False), None, batch_size=10,
                          activation_width=memory.search_activation_width(2, (2, 8),
@@ -232,6 +248,7 @@ def test_dry_run_prints_the_model_and_creates_nothing(data, tmp_path):
                      out)
     assert "lookup=separate (not in use): 300 rows x 82 columns" in out
     assert "every field at 32 (largest candidate, upper bound)" in out
+    assert re.search(rf"upper bound\): required .*, restore copy {rows * 32 * 4:,} B", out)
     assert "every field at 2 (FDE at the smallest candidate" in out
     assert "SavedModel vocabulary tables (serving): 296 tokens" in out
     assert "CPU memory available" in out and "the search fits" in out
