@@ -22,6 +22,7 @@ workers get the `configs` and `preprocessing` packages.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
@@ -35,8 +36,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from configs.cli import JobError, StrictArgumentParser, run_main
-from configs.features import DATASETS, SPLITS, DataSchema, FieldSchema
-from configs.preprocess import load_preprocess_config, resolve
+from configs.features import DATASETS, SPLITS, DataSchema, DatasetSpec, FieldSchema
+from configs.preprocess import PreprocessConfig, load_preprocess_config, resolve
 from preprocessing import counts, job, output, reading
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,9 +90,30 @@ def pipeline_options(beam_args: list[str]) -> PipelineOptions:
     return PipelineOptions(args)
 
 
-def run(argv=None) -> JobResult:
-    """Runs the job; raises ConfigError / InputError / FileExistsError before starting and
-    JobFailed after (with dead letters kept in a directory the message names)."""
+@dataclasses.dataclass
+class JobPlan:
+    """What `run` will do, checked before anything is written: the flags, the config, the
+    inputs and Beam's options. `pipeline()` builds the job's graph without running it."""
+
+    args: argparse.Namespace
+    cfg: PreprocessConfig
+    spec: DatasetSpec
+    resolved: dict[str, Any]
+    config_hash: str
+    inputs: job.JobInputs
+    output: str
+    options: PipelineOptions
+
+    def pipeline(self, out_dir: str) -> beam.Pipeline:
+        """The job's pipeline on the runner the options name, writing into `out_dir`; not run."""
+        pipeline = beam.Pipeline(options=self.options)
+        job.build(pipeline, self.spec, self.cfg, self.inputs, out_dir)
+        return pipeline
+
+
+def make_plan(argv=None) -> JobPlan:
+    """Parses and checks everything `run` needs; raises ConfigError / InputError /
+    FileExistsError / OutputRefused (SystemExit for a flag) and writes nothing."""
     args, beam_args = parse_args(argv)
     cfg = load_preprocess_config(args.preprocess_config, args.max_bad_fraction)
     spec, resolved, chash = resolve(args.dataset, cfg)
@@ -102,13 +124,19 @@ def run(argv=None) -> JobResult:
             raise FileExistsError(f"output directory {out} exists (pass --overwrite to replace "
                                   f"it)")
         output.check_replaceable(out, inputs.paths())  # OutputRefused: nothing runs
-    options = pipeline_options(beam_args)
+    return JobPlan(args, cfg, spec, resolved, chash, inputs, out, pipeline_options(beam_args))
+
+
+def run(argv=None) -> JobResult:
+    """Runs the job; raises ConfigError / InputError / FileExistsError before starting and
+    JobFailed after (with dead letters kept in a directory the message names)."""
+    plan = make_plan(argv)
+    args, cfg, spec, inputs, out = plan.args, plan.cfg, plan.spec, plan.inputs, plan.output
 
     output.clean_leftovers(out)  # DIR.tmp-XXXXXXXX of killed runs
     tmp = output.make_temp(out)
     try:
-        pipeline = beam.Pipeline(options=options)
-        job.build(pipeline, spec, cfg, inputs, tmp)
+        pipeline = plan.pipeline(tmp)
         result = pipeline.run()
         state = result.wait_until_finish()
         if state not in (None, "DONE", beam.runners.runner.PipelineState.DONE):
@@ -137,7 +165,7 @@ def run(argv=None) -> JobResult:
                         f"{stats['rows_written_total']} + dead-lettered "
                         f"{stats['rows_deadlettered']}")
     stats.update({"dataset": args.dataset, "input": inputs.describe(), "output": out,
-                  "config_hash": chash, "max_bad_fraction": cfg.max_bad_fraction})
+                  "config_hash": plan.config_hash, "max_bad_fraction": cfg.max_bad_fraction})
     # capped fields: the cap and the tokens that reached the min count but were cut by it
     stats["vocab_caps"] = {
         f.name: {"max_vocab_size": spec.max_vocab_size(f),
@@ -160,7 +188,7 @@ def run(argv=None) -> JobResult:
                                  spec.max_vocab_size(f))
                      for f in spec.fields),
         splits=dict(stats["rows_written"]), label_rate=stats["label_rate"]["train"],
-        config=resolved, config_hash=chash)
+        config=plan.resolved, config_hash=plan.config_hash)
     _write_text(FileSystems.join(tmp, "schema.json"), schema.to_json())
     output.commit(tmp, out, args.overwrite)
     return JobResult(out, stats, schema, result)
