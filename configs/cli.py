@@ -75,6 +75,15 @@ def _is_tf_io_error(exc: BaseException) -> bool:
             and type(exc).__name__ in _TF_IO_ERRORS)
 
 
+def _is_peer_lost(exc: BaseException) -> bool:
+    """A multi-worker run's collectives aborted because a peer went down (TensorFlow's
+    UnavailableError, or the abort's Cancelled/Internal error naming the collective)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None or not isinstance(exc, tf.errors.OpError):
+        return False
+    return isinstance(exc, tf.errors.UnavailableError) or "Collective ops is aborted" in str(exc)
+
+
 def report(exc: BaseException, stream=None) -> int:
     """Prints `error: <message>` and returns the exit code for it."""
     stream = stream or sys.stderr
@@ -97,6 +106,12 @@ def run_main(fn: Callable[[], int | None]) -> int:
     except Exception as exc:  # noqa: BLE001 - re-raised unless it is a TF file-system error
         if _is_tf_io_error(exc):
             print(f"error: {exc.message}", file=sys.stderr)
+            return EXIT_FAILURE
+        if _is_peer_lost(exc):
+            first = exc.message.strip().splitlines()[0] if exc.message else type(exc).__name__
+            print(f"error: another worker of the cluster is gone ({first}); restart every "
+                  f"worker of the job: the run resumes from its last checkpoint",
+                  file=sys.stderr)
             return EXIT_FAILURE
         raise
     except KeyboardInterrupt:

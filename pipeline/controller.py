@@ -158,8 +158,11 @@ class Controller:
         state = dict(task.trackables())
         for hook in self.hooks:
             state.update(hook.trackables())
-        self.checkpointer = runtime.Checkpointer(self.model_dir / "ckpt",
-                                                 settings.keep_checkpoints, **state)
+        # a multi-worker run's other workers save to their own directory (runtime.output_dir)
+        # and resume from the chief's checkpoints
+        self.checkpointer = runtime.Checkpointer(
+            self.model_dir / "ckpt", settings.keep_checkpoints,
+            restore_from=runtime.shared_dir(self.model_dir / "ckpt"), **state)
         self.resumed = self.checkpointer.restore_latest()
         self.step = int(task.step.numpy())
         self.progress = Progress(settings.total_steps, quiet=quiet)
@@ -327,9 +330,15 @@ class EarlyStopping(Hook):
         """Restores the best weights (every variable the model has), a few variables at a time
         and each large one alone (runtime.restore_model_state: no second copy of the tables).
         Nothing to restore when the best was written at the last step in this process: the
-        model holds it."""
+        model holds it. A best written by an earlier process is read from the run's directory
+        (in a multi-worker run, the chief's: the other workers' copies went with their
+        processes); one written in this process from this worker's own copy, which the chief
+        may still be writing in its directory."""
         from pipeline import runtime
 
         if self._best_step is not None and self._best_step == ctl.step:
             return
-        runtime.restore_model_state(self._model, self._prefix)
+        prefix = self._prefix
+        if self._best_step is None:
+            prefix = str(runtime.shared_dir(Path(prefix).parent) / Path(prefix).name)
+        runtime.restore_model_state(self._model, prefix)

@@ -7,7 +7,8 @@ from configs.experiment import PRESETS
 
 
 def add_experiment_flags(parser: StrictArgumentParser) -> None:
-    """--data_dir, --model_dir, --config, --preset, --set, --logical_cpus, --quiet."""
+    """--data_dir, --model_dir, --config, --preset, --set, --logical_cpus, --strategy,
+    --quiet."""
     parser.add_argument("--data_dir", required=True,
                         help="the preprocessing job's output directory (holds schema.json)")
     parser.add_alias("--data", "--data_dir")
@@ -21,8 +22,18 @@ def add_experiment_flags(parser: StrictArgumentParser) -> None:
     parser.add_argument("--logical_cpus", type=int, default=0, metavar="K",
                         help="mirror over K >= 2 logical CPU devices (tests the multi-replica "
                              "path without a GPU); 0: every GPU, else the CPU")
+    add_strategy_flag(parser)
     parser.add_argument("--quiet", action="store_true",
                         help="no progress display, only log lines")
+
+
+def add_strategy_flag(parser: StrictArgumentParser) -> None:
+    """--strategy auto|multi_worker."""
+    parser.add_argument("--strategy", choices=("auto", "multi_worker"), default="auto",
+                        help="auto: every GPU of this machine mirrored (else the CPU); "
+                             "multi_worker: MultiWorkerMirroredStrategy over the cluster in "
+                             "TF_CONFIG, every worker running the same command (the chief "
+                             "writes the outputs; docs/DESIGN.md)")
 
 
 def add_memory_flags(parser: StrictArgumentParser) -> None:
@@ -37,12 +48,16 @@ def add_memory_flags(parser: StrictArgumentParser) -> None:
                              "without creating anything")
 
 
-def make_cli_strategy(logical_cpus: int):
-    """The strategy for --logical_cpus (None: the default one); call before any TF op."""
-    if logical_cpus == 0:
-        return None
-    if logical_cpus < 2:
+def make_cli_strategy(logical_cpus: int, kind: str = "auto"):
+    """The strategy for --logical_cpus and --strategy (None: the default one); call before any
+    TF op."""
+    if logical_cpus < 0 or logical_cpus == 1:
         raise UsageError(f"--logical_cpus must be 0 or >= 2, got {logical_cpus}")
+    if kind == "multi_worker" and logical_cpus:
+        raise UsageError("--logical_cpus and --strategy multi_worker do not combine: a worker "
+                         "mirrors over its own GPUs (or its CPU)")
+    if logical_cpus == 0 and kind == "auto":
+        return None
     from pipeline.strategy import make_strategy
 
-    return make_strategy(logical_cpus)
+    return make_strategy(logical_cpus, kind)

@@ -388,10 +388,12 @@ class MemoryReport:
 
 def build_report(schema, cfg, data_dir: str | Path, *, limit: int | None = None,
                  replicas: int = 1, device: str = "CPU", available: int | None = None,
-                 available_source: str = "unknown") -> MemoryReport:
-    """The memory report of a search of `cfg` on `schema` with `replicas` replicas (each on its
-    own GPU, or all on the host's CPU), `available` bytes free on one device. Builds small copies
-    of the models to count their vocabulary-independent variables."""
+                 available_source: str = "unknown",
+                 host_replicas: int | None = None) -> MemoryReport:
+    """The memory report of a search of `cfg` on `schema` with `replicas` replicas in sync (each
+    on its own GPU, or on the host's CPU), `host_replicas` of them on this host (default: all;
+    a multi-worker run: this worker's), `available` bytes free on one device. Builds small
+    copies of the models to count their vocabulary-independent variables."""
     m, s, r = cfg.model, cfg.search, cfg.retrain
     vocab = [f.vocab_size for f in schema.fields]
     num_fields = len(vocab)
@@ -418,7 +420,8 @@ def build_report(schema, cfg, data_dir: str | Path, *, limit: int | None = None,
     return MemoryReport(search=search, lookup=m.lookup, retrain=retrain,
                         vocab=(vocab_table_bytes(file_bytes, tokens), tokens, missing),
                         candidate_dims=tuple(m.candidate_dims), vocab_sizes=tuple(vocab),
-                        replicas=replicas if device == "CPU" else 1, device=device,
+                        replicas=(host_replicas or replicas) if device == "CPU" else 1,
+                        device=device,
                         available=available, available_source=available_source,
                         limit=limit)
 

@@ -4,7 +4,7 @@ keep the best of K random draws; the training is `pipeline.retrain_task`'s task 
 
     python -m pipeline.retrain --data_dir DIR --dims SOURCE --model_dir DIR [--backbone NAME]
         [--dim FIELD=D ...] [--trials K] [--config FILE] [--preset NAME] [--set key=value ...]
-        [--logical_cpus K]
+        [--logical_cpus K | --strategy multi_worker]
 
 SOURCE is a search's dims.json, `fde:D` (every field at D) or `random:SEED` (RaS; `--trials K`
 keeps the best of K draws on validation). `--dim FIELD=D` (repeatable) overrides single fields
@@ -68,14 +68,15 @@ def retrain(data_dir: str, dims_source: str, model_dir: str, cfg: ExperimentConf
     best["trial"] = best_k
     best["trials"] = [{"trial": k, "valid_auc": r["best_valid_auc"], "test_auc": r["test_auc"],
                        "params": r["params"]} for k, r in enumerate(results)]
-    top = Path(model_dir)
+    from pipeline import runtime
+
+    top = runtime.output_dir(model_dir)  # a multi-worker run's other workers: their own copy
     for name in (MODEL_FILE, SPEC_FILE, PREDICTIONS_FILE, VALID_PREDICTIONS_FILE):
         src = top / "trials" / str(best_k) / name
         if name == VALID_PREDICTIONS_FILE and not src.exists():
             continue  # a trial finished before validation predictions were saved
         shutil.copy2(src, top / name)
-    from pipeline.runtime import atomic_write_json
-    atomic_write_json(top / METRICS_FILE, best)
+    runtime.atomic_write_json(top / METRICS_FILE, best)
     return best
 
 
@@ -91,8 +92,9 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
               "config_hash": retrain_hash(cfg), "schema_hash": schema.schema_hash,
               "dims_hash": dims_hash, "dims": dims, "data_dir": str(Path(data_dir).resolve())}
     model_dir = runtime.prepare_model_dir(model_dir, record, rehash=retrain_hash)
-    metrics_path = model_dir / METRICS_FILE
-    if metrics_path.exists():  # finished already: a rerun is a no-op
+    # finished already (by the chief, in a multi-worker run): a rerun is a no-op
+    metrics_path = runtime.shared_dir(model_dir) / METRICS_FILE
+    if metrics_path.exists():
         return json.loads(metrics_path.read_text(encoding="utf-8"))
     task = RetrainTask(strategy, data_dir, schema, dims, cfg, preset=preset)
     stopping = EarlyStopping(strategy, task.model, model_dir, cfg.retrain.patience)
@@ -166,7 +168,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     def body():
-        strategy = make_cli_strategy(args.logical_cpus)  # must precede any TensorFlow op
+        # the strategy must precede any TensorFlow op
+        strategy = make_cli_strategy(args.logical_cpus, args.strategy)
         schema = DataSchema.load(args.data_dir)
         preset = args.preset or preset_for_dataset(schema.dataset)
         cfg = resolve(preset, args.config, args.set)

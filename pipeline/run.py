@@ -3,6 +3,7 @@
     python -m pipeline.run --dataset criteo --input 'logs/*.txt' --workdir runs/criteo \
         [--config FILE] [--preset NAME] [--set key=value ...] [--fde_dim 32] [--no_export]
         [--param_costs 0.01,0.05 [--cost_tolerance 0|1se] [--search_embeddings raw,ad2]]
+        [--strategy multi_worker]
     python -m pipeline.run --demo [--rows 100000] --workdir runs/demo
 
 Stages (each skipped when its output is already complete, so a rerun resumes; once WORKDIR/data
@@ -31,6 +32,7 @@ from configs.cli import StrictArgumentParser, run_main
 from configs.experiment import preset_for_dataset, resolve
 from configs.features import SCHEMA_FILE, DataSchema
 from configs.loader import ConfigError
+from pipeline.flags import add_strategy_flag
 
 DEMO_ROWS = 100_000
 
@@ -43,6 +45,7 @@ def run(args) -> dict:
 
     costs, embeddings, tolerance = _tuning_options(args)  # checked before anything runs
     work = Path(args.workdir)
+    strategy = _cluster_strategy(args, work, costs)
     data, truth = _prepare_data(args, work)
     schema = DataSchema.load(data)
     if truth is not None and sorted(f["name"] for f in truth["fields"]) != sorted(
@@ -54,10 +57,16 @@ def run(args) -> dict:
     if costs:
         autodim = _tuned_autodim(args, data, work, cfg, preset, costs, tolerance, embeddings)
     else:
-        autodim = _autodim(args, data, work, cfg, preset)
+        autodim = _autodim(args, data, work, cfg, preset, strategy)
     print(f"[4/5] retraining the FDE-{args.fde_dim} baseline")
     fde = retrain(str(data), f"fde:{args.fde_dim}", str(work / f"retrain_fde{args.fde_dim}"), cfg,
-                  quiet=args.quiet, preset=preset)
+                  quiet=args.quiet, preset=preset, strategy=strategy)
+    from pipeline import runtime
+
+    if not runtime.is_chief():  # the chief exports and writes summary.json
+        print(f"worker {runtime.worker_index()}: search and retrainings done; the chief exports "
+              f"and writes {work / 'summary.json'}")
+        return {}
     export_dir = None if args.no_export else _export(args, work, schema, autodim["retrain_dir"])
     summary = _summary(schema, preset, work, autodim, fde, export_dir, truth)
     atomic_write_json(work / "summary.json", summary)
@@ -80,6 +89,24 @@ def _tuning_options(args):
     return costs, embeddings, parse_tolerance(args.cost_tolerance)
 
 
+def _cluster_strategy(args, work: Path, costs):
+    """The strategy of `--strategy` (None: the default one), after the checks a multi-worker
+    run needs before it waits for its workers: the data preprocessed already (a cluster
+    preprocesses with the Beam job on its own runner), no --param_costs."""
+    if args.strategy != "multi_worker":
+        return None
+    if not (work / "data" / SCHEMA_FILE).exists():
+        raise ConfigError(f"--strategy multi_worker trains on preprocessed data: {work / 'data'} "
+                          f"holds none yet; run `python -m preprocessing.run ... --data_dir "
+                          f"{work / 'data'}` (or pipeline.run without --strategy) first")
+    if costs:
+        raise ConfigError("--param_costs is not available with --strategy multi_worker; run "
+                          "pipeline.search and pipeline.retrain per cost instead")
+    from pipeline.flags import make_cli_strategy
+
+    return make_cli_strategy(0, "multi_worker")
+
+
 def _prepare_data(args, work: Path) -> tuple[Path, dict | None]:
     """WORKDIR/data (the demo's synthetic rows written and the Beam job run unless done) and,
     for --demo, the planted truth."""
@@ -92,7 +119,7 @@ def _prepare_data(args, work: Path) -> tuple[Path, dict | None]:
                           "truth of the rows it writes")
     truth = _read_truth(args.truth) if args.truth else None
     work.mkdir(parents=True, exist_ok=True)
-    if args.demo:
+    if args.demo and _writes_outputs():
         from preprocessing import synthetic
 
         raw = work / "raw" / "synthetic.tsv"
@@ -117,17 +144,30 @@ def _prepare_data(args, work: Path) -> tuple[Path, dict | None]:
     return data, truth
 
 
-def _autodim(args, data: Path, work: Path, cfg, preset: str) -> dict:
+def _writes_outputs() -> bool:
+    """False for a multi-worker run's workers other than the chief (no pipeline.runtime import,
+    hence no TensorFlow, before it is needed)."""
+    if "pipeline.runtime" not in sys.modules:
+        return True
+    from pipeline import runtime
+
+    return runtime.is_chief()
+
+
+def _autodim(args, data: Path, work: Path, cfg, preset: str, strategy=None) -> dict:
     """One search and the retraining of its dimensions."""
+    from pipeline import runtime
     from pipeline.retrain import retrain
     from pipeline.search import run_search
 
     search_dir, auto_dir = work / "search", work / "retrain_autodim"
     print(f"[3/5] searching dimensions (preset {preset}) -> {search_dir}")
-    dims = run_search(str(data), str(search_dir), cfg, quiet=args.quiet, preset=preset)
+    dims = run_search(str(data), str(search_dir), cfg, quiet=args.quiet, preset=preset,
+                      strategy=strategy)
     print("[4/5] retraining the searched dimensions")
-    auto = retrain(str(data), str(search_dir / "dims.json"), str(auto_dir), cfg,
-                   quiet=args.quiet, preset=preset)
+    # this worker's own dims.json (in a multi-worker run the chief's may still be being written)
+    auto = retrain(str(data), str(runtime.output_dir(search_dir) / "dims.json"), str(auto_dir),
+                   cfg, quiet=args.quiet, preset=preset, strategy=strategy)
     return {"dims": dims, "metrics": auto, "retrain_dir": auto_dir, "selection": None}
 
 
@@ -282,6 +322,7 @@ def main(argv=None) -> int:
                              "embedding (raw: zero_pad + no normalisation, the presets'; ad2: "
                              "linear + batchnorm_affine) and keep the best validated model")
     parser.add_argument("--quiet", action="store_true", help="no progress display, only log lines")
+    add_strategy_flag(parser)
     args, beam_args = parser.parse_args(argv)
     args.beam_args = beam_args
     if args.fde_dim < 1:

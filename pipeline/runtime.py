@@ -1,11 +1,14 @@
 """Run-directory plumbing shared by search and retraining: the resolved config on disk, atomic
-JSON outputs, distributed input streams that can resume mid-stream, and checkpointing."""
+JSON outputs, distributed input streams that can resume mid-stream, checkpointing, and where a
+worker of a multi-worker run writes (`output_dir`)."""
 from __future__ import annotations
 
+import atexit
 import copy
 import gc
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -32,6 +35,72 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
     return path
 
 
+# ------------------------------------------------------------------ workers of a cluster
+class _Worker:
+    """This process's role in a multi-worker run (pipeline.strategy): the chief writes the run's
+    directories; any other worker writes under `temp_root`, a directory of its own that mirrors
+    the absolute paths of the run's directories and is removed when the process ends."""
+
+    chief: bool = True
+    index: int = 0
+    temp_root: Path | None = None
+
+
+_WORKER = _Worker()
+
+
+def set_worker(chief: bool, index: int) -> None:
+    """Registers this process as the chief, or as worker `index` writing to a temporary
+    directory of its own (created now, removed at exit)."""
+    _WORKER.chief, _WORKER.index = bool(chief), int(index)
+    if not chief and _WORKER.temp_root is None:
+        root = Path(tempfile.mkdtemp(prefix=f"autodim-worker{index}-"))
+        _WORKER.temp_root = root
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+
+
+def is_chief() -> bool:
+    """Whether this process writes the run's outputs (always, outside a multi-worker run)."""
+    return _WORKER.chief
+
+
+def worker_index() -> int:
+    """This worker's position in the cluster (0 outside a multi-worker run)."""
+    return _WORKER.index
+
+
+def worker_temp_root() -> Path | None:
+    """A non-chief worker's temporary directory (None for the chief)."""
+    return _WORKER.temp_root
+
+
+def output_dir(path: str | Path) -> Path:
+    """Where this process writes what belongs at `path`: `path` itself for the chief; for any
+    other worker the same absolute path under its temporary directory (so a subdirectory of a
+    run's directory maps to the same subdirectory of the mapped one)."""
+    path = Path(path)
+    if _WORKER.temp_root is None:
+        return path
+    absolute = path.resolve()
+    if absolute.is_relative_to(_WORKER.temp_root):
+        return absolute
+    return _WORKER.temp_root / absolute.relative_to(absolute.anchor)
+
+
+def shared_dir(path: str | Path) -> Path:
+    """The run's (the chief's) path of `path`, which may be an `output_dir`: what every worker
+    reads when it resumes (checkpoints, the best weights of an earlier process, finished
+    results)."""
+    path = Path(path)
+    root = _WORKER.temp_root
+    if root is None:
+        return path
+    absolute = path.resolve()
+    if absolute.is_relative_to(root):
+        return Path(absolute.anchor) / absolute.relative_to(root)
+    return path
+
+
 def prepare_model_dir(model_dir: str | Path, record: dict, rehash=None) -> Path:
     """Creates model_dir and writes config.json; refuses to resume a run made with another config
     or another dataset (the keys that differ are named). `rehash(stored_config_dict)`, when given,
@@ -41,7 +110,22 @@ def prepare_model_dir(model_dir: str | Path, record: dict, rehash=None) -> Path:
     stored config.json's "config" and the new one); with `rehash`, only those that enter the hash
     (config_differences)."""
     model_dir = Path(model_dir)
+    if not is_chief():  # checks the chief's run as the chief does; writes its own copy
+        check_model_dir(model_dir, record, rehash)
+        mine = output_dir(model_dir)
+        mine.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(mine / CONFIG_FILE, record)
+        return mine
     model_dir.mkdir(parents=True, exist_ok=True)
+    check_model_dir(model_dir, record, rehash)
+    atomic_write_json(model_dir / CONFIG_FILE, record)
+    return model_dir
+
+
+def check_model_dir(model_dir: str | Path, record: dict, rehash=None) -> None:
+    """prepare_model_dir's refusal, without writing anything: ConfigError when model_dir's
+    config.json records another run."""
+    model_dir = Path(model_dir)
     path = model_dir / CONFIG_FILE
     if path.exists():
         try:
@@ -73,8 +157,6 @@ def prepare_model_dir(model_dir: str | Path, record: dict, rehash=None) -> Path:
                 f"{model_dir} holds a run with a different {', '.join(changed)} "
                 f"({', '.join(f'{k}: {old.get(k)} -> {record.get(k)}' for k in changed)}){keys}; "
                 f"use a new --model_dir to start a new run, or the same config to resume")
-    atomic_write_json(path, record)
-    return model_dir
 
 
 _MAX_SHOWN_DIFFS = 20
@@ -304,8 +386,12 @@ class Checkpointer:
     restores: resuming continues exactly where the run stopped. Each variable is saved once
     (`model_state`, `OptimizerState`)."""
 
-    def __init__(self, directory: str | Path, max_to_keep: int, **objects):
+    def __init__(self, directory: str | Path, max_to_keep: int, *,
+                 restore_from: str | Path | None = None, **objects):
+        """Saves to `directory`; restores the latest checkpoint of `restore_from` (default:
+        `directory`; a multi-worker run's other workers restore the chief's)."""
         self.directory = str(directory)
+        self.restore_from = str(restore_from or directory)
         if "model" in objects:
             objects["model"] = model_state(objects["model"])
         self.objects = {name: _checkpointed(value) for name, value in objects.items()}
@@ -315,7 +401,10 @@ class Checkpointer:
 
     def restore_latest(self) -> str | None:
         """Restores the latest checkpoint, a few variables at a time (restore_in_pieces)."""
-        latest = self.manager.latest_checkpoint
+        if self.restore_from == self.directory:
+            latest = self.manager.latest_checkpoint
+        else:
+            latest = tf.train.latest_checkpoint(self.restore_from)
         if latest:
             restore_in_pieces(self.objects, latest)
         return latest

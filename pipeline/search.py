@@ -9,7 +9,8 @@ validation batch (first-order DARTS). Writes `model_dir/dims.json` with the argm
 (`search.derive=validated`, `pipeline/derive.py`).
 
     python -m pipeline.search --data_dir DIR --model_dir DIR [--config FILE] [--preset NAME]
-        [--set key=value ...] [--logical_cpus K] [--quiet] [--memory_limit BYTES] [--dry_run]
+        [--set key=value ...] [--logical_cpus K | --strategy multi_worker] [--quiet]
+        [--memory_limit BYTES] [--dry_run]
 
 Before it starts, the search prints its memory model (`pipeline/memory.py`: the supernet per
 lookup, the retrained model, the SavedModel's vocabulary tables) and refuses to start (exit 2,
@@ -58,8 +59,13 @@ def memory_report(data_dir: str, schema: DataSchema, cfg: ExperimentConfig, stra
     from pipeline import memory
 
     device, replicas, available, source = memory.device_memory(strategy)
+    try:  # a multi-worker run: the replicas of this worker share its host
+        local = len(strategy.extended.worker_devices)
+    except (AttributeError, RuntimeError):
+        local = replicas
     return memory.build_report(schema, cfg, data_dir, limit=memory_limit, replicas=replicas,
-                               device=device, available=available, available_source=source)
+                               device=device, available=available, available_source=source,
+                               host_replicas=min(local, replicas) or replicas)
 
 
 def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_cpus: int = 0,
@@ -193,7 +199,8 @@ def main(argv=None) -> int:
         from pipeline.memory import parse_bytes
 
         limit = None if args.memory_limit is None else parse_bytes(args.memory_limit)
-        strategy = make_cli_strategy(args.logical_cpus)  # must precede any TensorFlow op
+        # the strategy must precede any TensorFlow op
+        strategy = make_cli_strategy(args.logical_cpus, args.strategy)
         schema = DataSchema.load(args.data_dir)
         preset = args.preset or preset_for_dataset(schema.dataset)
         cfg = resolve(preset, args.config, args.set)
