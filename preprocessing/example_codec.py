@@ -22,6 +22,8 @@ import operator
 import struct
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
+
 from configs.features import MISSING_TOKEN
 
 _LEN_CACHE = 1 << 14  # body lengths below this have a precomputed varint prefix
@@ -139,6 +141,7 @@ class ExampleEncoder:
         # up themselves (columnar.PlainChunkEncoder) and hand the entries to `assemble`
         self.field_tables: tuple[dict, ...] = tuple(tables[:-1])
         self._label_table = label
+        self._order = order
         self._pick = operator.itemgetter(*order)
         _grow_varints(_LEN_CACHE)
         self._prefix = [b"\x0a" + v for v in _VARINTS[:_LEN_CACHE]]
@@ -178,12 +181,29 @@ class ExampleEncoder:
         picked = self._pick([*entries, list(map(self._label_table.get, labels))])
         if len(self._tables) == 1:
             picked = (picked,)
-        bodies = list(map(b"".join, zip(*picked)))
+        return self._examples(list(map(b"".join, zip(*picked))))
+
+    def _examples(self, bodies: list[bytes]) -> list[bytes]:
+        """Each Features body with the Example's field tag and length in front."""
         prefix = self._prefix
         if max(map(len, bodies)) >= _LEN_CACHE:  # no precomputed length prefix
             return [(prefix[len(b)] if len(b) < _LEN_CACHE else b"\x0a" + varint(len(b))) + b
                     for b in bodies]
         return list(map(operator.add, map(prefix.__getitem__, map(len, bodies)), bodies))
+
+    @property
+    def length_prefixes(self) -> list[bytes]:
+        """The bytes in front of a Features body of length n < len(this list), at position n."""
+        return self._prefix
+
+    @property
+    def order(self) -> list[int]:
+        """The map-entry order of the example: positions in [fields in field order, label]."""
+        return list(self._order)
+
+    def label_entry(self, value: float) -> bytes:
+        """The serialized entry of a label value."""
+        return self._label_table[value]
 
 
 # ----------------------------------------------------------------------------- TFRecord framing
@@ -203,7 +223,6 @@ def _crc32c_function():
 
 
 _crc32c = None
-_PACK_U32 = struct.Struct("<I").pack
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -216,7 +235,8 @@ def masked_crc32c(data: bytes) -> int:
 
 class TFRecordFramer:
     """Records -> the bytes of a TFRecord file: per record `uint64 length, uint32 masked
-    crc32c(length), data, uint32 masked crc32c(data)` (little-endian)."""
+    crc32c(length), data, uint32 masked crc32c(data)` (little-endian). The data's CRCs are
+    masked and packed for all records at once (numpy), the pieces joined once."""
 
     def __init__(self):
         masked_crc32c(b"")
@@ -229,11 +249,17 @@ class TFRecordFramer:
         return head
 
     def frame(self, records: Iterable[bytes]) -> bytes:
-        heads, crc, pack = self._heads, self._crc, _PACK_U32
-        parts = []
-        for data in records:
-            n = len(data)
-            c = crc(data)
-            parts += (heads.get(n) or self._head(n), data,
-                      pack((((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF))
+        records = records if isinstance(records, list) else list(records)
+        if not records:
+            return b""
+        heads = self._heads
+        lengths = list(map(len, records))
+        for n in set(lengths).difference(heads):
+            self._head(n)
+        crcs = np.fromiter(map(self._crc, records), dtype=np.uint64, count=len(records))
+        masked = (((crcs >> 15) | (crcs << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+        parts = [b""] * (3 * len(records))
+        parts[0::3] = list(map(heads.__getitem__, lengths))
+        parts[1::3] = records
+        parts[2::3] = masked.astype("<u4").view("V4").tolist()  # 4 bytes each, as written
         return b"".join(parts)

@@ -12,11 +12,15 @@ The stages, one module each: reading (files -> numbered lines with their split),
 tf.Example bytes), writing (TFRecords, dead letters, counts); counts is the rows' bookkeeping.
 Rows travel in chunks of CHUNK_ROWS lines of one file, so the runner's per-element cost is paid
 per chunk; dead letters are still one element per bad line. Files are read in 1 MB blocks with
-the splits of a block's lines hashed at once (LineChunk). Plain delimited formats (Criteo) are
-parsed a chunk at a time into column-wise RecordChunks (preprocessing.columnar) that counting
-reads column by column; the encoding pass goes from a chunk's split values straight to
-tf.Example bytes (columnar.PlainChunkEncoder). The lines that need a closer look go one by one
-through the same row parser as the other formats.
+the splits of a block's lines hashed at once (LineChunk). In plain delimited formats (Criteo), a
+chunk of plain values only (at most 8 printable ASCII bytes each: preprocessing.packed) is read
+as numpy arrays of packed values, without a Python object per value: the vocabulary pass counts
+them per (field, key) in a numpy hash table, the encoding pass looks every field's entries up in
+one and joins the chunk's tf.Example bytes at once. Other chunks of those formats are parsed a
+chunk at a time into column-wise RecordChunks (preprocessing.columnar) that counting reads
+column by column, and encoded from a chunk's split values straight to tf.Example bytes
+(columnar.PlainChunkEncoder). The lines that need a closer look go one by one through the same
+row parser as the other formats.
 """
 from __future__ import annotations
 

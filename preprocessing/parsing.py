@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam import pvalue
 
 from configs.features import SPLITS, DatasetSpec
@@ -21,6 +22,7 @@ from preprocessing import formats
 from preprocessing.columnar import PlainChunkReader, RecordChunk
 from preprocessing.counts import COUNTS, NAMESPACE, BundleCounts
 from preprocessing.formats import MalformedRecord
+from preprocessing.packed import PackedReader
 from preprocessing.reading import LineChunk
 
 DEADLETTER = "deadletter"
@@ -133,10 +135,14 @@ def chunk_splits(lines) -> list[int]:
     return lines.splits if isinstance(lines, LineChunk) else [line[0] for line in lines]
 
 
+def chunk_raws(lines) -> list:
+    """A chunk's raw lines (bytes)."""
+    return lines.raws if isinstance(lines, LineChunk) else [line[3] for line in lines]
+
+
 def chunk_texts(lines, encoding: str) -> list[str]:
     """A chunk's lines decoded (decode_lines), for a chunk reader."""
-    raws = lines.raws if isinstance(lines, LineChunk) else [line[3] for line in lines]
-    return decode_lines(raws, encoding)
+    return decode_lines(chunk_raws(lines), encoding)
 
 
 def decode_lines(raws: list[bytes], encoding: str) -> list[str]:
@@ -165,8 +171,9 @@ def split_positions(splits: Sequence[int]):
     if splits.count(first) == len(splits):
         yield SPLITS[first], None
         return
+    of_line = np.asarray(splits)
     for index, name in enumerate(SPLITS):
-        positions = [i for i, split in enumerate(splits) if split == index]
+        positions = np.flatnonzero(of_line == index).tolist()
         if positions:
             yield name, positions
 
@@ -202,11 +209,13 @@ def count_lines(counts: BundleCounts, prefix: str, records: int, tally: dict) ->
 # ----------------------------------------------------------------------------- the DoFns
 
 class _ParseLinesFn(beam.DoFn):
-    """A line -> TaggedOutput(split, (tokens, label)); a chunk -> one RecordChunk per split
-    present; bad lines -> one dead letter each. `chunk_reader` reads a whole chunk's decoded
-    lines at once (missing categoricals left as ""); the lines it flags, and all lines when there
-    are side inputs, go through the row parser one by one. `report_counts` False (the vocabulary
-    pass): counts go to Metrics only, not to the "counts" output."""
+    """A line -> TaggedOutput(split, (tokens, label)); a chunk -> one RecordChunk (or
+    packed.KeyChunk) per split present; bad lines -> one dead letter each. With a `chunk_reader`,
+    a chunk that packed.PackedReader reads (plain values) becomes KeyChunks without a Python
+    string per value; another chunk's decoded lines are read at once by the chunk reader
+    (missing categoricals left as ""), and the lines it flags, and all lines when there are side
+    inputs, go through the row parser one by one. `report_counts` False (the vocabulary pass):
+    counts go to Metrics only, not to the "counts" output."""
 
     def __init__(self, parse: Callable, encoding: str | None, report_counts: bool,
                  chunk_reader: PlainChunkReader | None):
@@ -215,6 +224,7 @@ class _ParseLinesFn(beam.DoFn):
 
     def setup(self):
         self._tag = LineTagger(self._parse, self._encoding)
+        self._packed = PackedReader.of(self._reader, self._encoding)
 
     def start_bundle(self):
         self._counts = BundleCounts(NAMESPACE if self._report else NAMESPACE + "_vocab_pass",
@@ -242,9 +252,13 @@ class _ParseLinesFn(beam.DoFn):
 
     def process(self, element, **side):
         chunked = is_chunk(element)
-        read = self._read(element, side) if chunked else None
+        records = None
+        if chunked and self._packed is not None and not side and len(element):
+            records = self._packed(chunk_raws(element))  # None: not plain values only
+        read = self._read(element, side) if chunked and records is None else None
         if read is not None and read[0] is None:  # every line read at once, no step per line
             records = RecordChunk(read[1], read[2])
+        if records is not None:
             if records.labels:
                 for split, positions in split_positions(chunk_splits(element)):
                     yield pvalue.TaggedOutput(

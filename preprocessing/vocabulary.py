@@ -2,9 +2,11 @@
 
 No step holds a field's raw counts in one place, however many distinct values it has (most of a
 big field's values are seen once and fall under its minimum count):
-1. count: each bundle sums its tokens into one dict per field, about `max_entries` entries in
-   all; when full, the lowest counts leave as partial counts keyed (field, token shard) until
-   half stay: the long tail streams out, frequent tokens keep being summed in the bundle;
+1. count: each bundle sums its tokens into one dict per field (the packed keys of
+   packed.KeyChunks into one numpy hash table for all categorical fields), about `max_entries`
+   entries in all; when full, the lowest counts leave as partial counts keyed (field, token
+   shard) until half stay: the long tail streams out, frequent tokens keep being summed in the
+   bundle;
 2. sum per key: a GroupByKey per (field, token shard), not a combiner (a combiner's bundle-level
    accumulators would hold every distinct token the bundle saw); one key holds 1/SHARDS of a
    field's raw tokens, summed and filtered by the field's minimum count right there;
@@ -23,13 +25,16 @@ import zlib
 from typing import Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from configs.features import MISSING_TOKEN, VOCAB_DIR
 from preprocessing.columnar import EMPTY_MISSING, RecordChunk
 from preprocessing.counts import windowed
+from preprocessing.packed import MAX_BYTES, KeyChunk, KeyIndex, group_bits, split_pairs
 
 SHARDS = 64  # token shards per field: a (field, shard) key holds 1/SHARDS of the field's tokens
+_MISSING_BYTES = MISSING_TOKEN.encode("ascii")
 
 
 def token_shard(token: str, shards: int) -> int:
@@ -53,12 +58,89 @@ def top_tokens(token_counts, k: int | None) -> list[tuple[str, int]]:
     return heapq.nsmallest(k, token_counts, key=_order_key)
 
 
+class _KeyCounts:
+    """Counts of the packed keys (preprocessing.packed) of a bundle's categorical fields: a
+    KeyIndex maps each (field, key) pair seen to a number, under which its pair and count are
+    kept; a chunk's keys are looked up at once, new pairs numbered, and counted by one
+    np.add.at."""
+
+    def __init__(self):
+        self._index = KeyIndex()
+        self._pairs = np.zeros(1024, np.uint64)
+        self._counts = np.zeros(1024, np.int64)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, keys: np.ndarray, fields: Sequence[int]) -> None:
+        """Counts (rows, columns) keys of the fields `fields` (one per column)."""
+        pairs = (keys | group_bits(np.asarray(fields, dtype=np.int64))).ravel()
+        ids = self._index.get_pairs(pairs)
+        missing = np.flatnonzero(ids < 0)
+        if len(missing):
+            new, inverse = np.unique(pairs[missing], return_inverse=True)
+            new_ids = np.arange(self._n, self._n + len(new))
+            self._index.put_pairs(new, new_ids)
+            ids[missing] = new_ids[inverse]
+            if self._n + len(new) > len(self._pairs):
+                size = 2 * (self._n + len(new))
+                self._pairs = np.resize(self._pairs, size)
+                self._counts = np.concatenate([self._counts[:self._n],
+                                               np.zeros(size - self._n, np.int64)])
+            self._pairs[self._n:self._n + len(new)] = new
+            self._n += len(new)
+        np.add.at(self._counts, ids, 1)
+
+    def counts(self) -> np.ndarray:
+        return self._counts[:self._n]
+
+    def take(self, limit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Removes and returns (fields, keys, counts) of the pairs with count <= `limit` (all
+        for None); the others stay, renumbered."""
+        pairs, counts = self._pairs[:self._n], self._counts[:self._n]
+        if limit is None:
+            leaving = np.ones(self._n, dtype=bool)
+        else:
+            leaving = counts <= limit
+        fields, keys = split_pairs(pairs[leaving])
+        out = fields, keys, counts[leaving]
+        stay_pairs, stay_counts = pairs[~leaving], counts[~leaving]
+        self.__init__()
+        if len(stay_pairs):
+            self._index.put_pairs(stay_pairs, np.arange(len(stay_pairs)))
+            self._pairs, self._counts = stay_pairs.copy(), stay_counts.copy()
+            self._n = len(stay_pairs)
+        return out
+
+
+def _packed_parts(keys: np.ndarray, counts: np.ndarray, shards: int):
+    """(shard, {token: count}) of one field's packed keys and their counts, the token of key 0
+    being MISSING_TOKEN; a token's shard is token_shard's."""
+    if not len(keys):
+        return
+    raw = np.asarray(keys, dtype=">u8").view(f"S{MAX_BYTES}").tolist()
+    for i in np.flatnonzero(keys == 0).tolist():
+        raw[i] = _MISSING_BYTES
+    of_shard = np.fromiter(map(zlib.crc32, raw), dtype=np.int64, count=len(raw)) % shards
+    tokens = b"\n".join(raw).decode("ascii").split("\n")
+    order = np.argsort(of_shard, kind="stable")
+    sorted_shards = of_shard[order]
+    starts = np.flatnonzero(np.concatenate([[True], sorted_shards[1:] != sorted_shards[:-1]]))
+    bounds = starts.tolist() + [len(order)]
+    order, counts = order.tolist(), counts.tolist()
+    for shard, start, stop in zip(sorted_shards[starts].tolist(), bounds, bounds[1:]):
+        at = order[start:stop]
+        yield shard, dict(zip([tokens[i] for i in at], [counts[i] for i in at]))
+
+
 class _CountTokensFn(beam.DoFn):
-    """(tokens, label) or a RecordChunk of them -> ((field index, shard), {token: count}), partial
-    counts. A bundle sums into one Counter per field; when they hold `max_entries`
-    entries in all (checked every 1000 rows), entries leave, the lowest counts first (the long
-    tail of tokens seen once or twice), until at most half of max_entries stay to be summed on;
-    everything leaves at the end of the bundle.
+    """(tokens, label), a RecordChunk or a packed.KeyChunk of them -> ((field index, shard),
+    {token: count}), partial counts. A bundle sums into one Counter per field (and, for a
+    KeyChunk's categorical columns, into one _KeyCounts of packed keys); when
+    they hold `max_entries` entries in all (checked every 1000 rows), entries leave, the lowest
+    counts first (the long tail of tokens seen once or twice), until at most half of max_entries
+    stay to be summed on; everything leaves at the end of the bundle.
     Elements are one dict per field and token shard, not one per token: the shuffle carries
     few elements, and no key holds more than 1/shards of a field."""
 
@@ -67,7 +149,11 @@ class _CountTokensFn(beam.DoFn):
 
     def start_bundle(self):
         self._counts = [collections.Counter() for _ in range(self._n)]
+        self._keys = _KeyCounts()
         self._rows = self._checked = 0
+
+    def _entries(self) -> int:
+        return sum(map(len, self._counts)) + len(self._keys)
 
     def _evict(self, everything: bool):
         tables = self._counts
@@ -76,10 +162,14 @@ class _CountTokensFn(beam.DoFn):
                 table[MISSING_TOKEN] += table.pop(EMPTY_MISSING)
         if everything:
             leaving, self._counts = tables, [collections.Counter() for _ in range(self._n)]
+            limit = None
         else:
             sizes = collections.Counter()  # count -> entries with that count
             for table in tables:
                 sizes.update(table.values())
+            values, entries = np.unique(self._keys.counts(), return_counts=True)
+            for value, n in zip(values.tolist(), entries.tolist()):
+                sizes[value] += n
             # the lowest counts leave until at most half of max_entries stay
             target, freed = sum(sizes.values()) - self._max // 2, 0
             for limit in sorted(sizes):
@@ -98,9 +188,33 @@ class _CountTokensFn(beam.DoFn):
             for shard, part in enumerate(parts):
                 if part:
                     yield (field, shard), part
+        fields, keys, counts = self._keys.take(limit)
+        if len(fields):
+            order = np.argsort(fields, kind="stable")
+            fields, keys, counts = fields[order], keys[order], counts[order]
+            starts = np.flatnonzero(np.concatenate([[True], fields[1:] != fields[:-1]]))
+            for field, start, stop in zip(fields[starts].tolist(), starts.tolist(),
+                                          starts[1:].tolist() + [len(fields)]):
+                for shard, part in _packed_parts(keys[start:stop], counts[start:stop], shards):
+                    yield (field, shard), part
+
+    def _count_keys(self, chunk: KeyChunk) -> None:
+        numeric = [i for i, is_numeric in enumerate(chunk.numeric) if is_numeric]
+        if len(numeric) < len(chunk.numeric):
+            self._keys.add(chunk.keys, [i for i, is_numeric in enumerate(chunk.numeric)
+                                        if not is_numeric])
+        for field, tokens, codes in zip(numeric, chunk.tokens, chunk.codes.T):
+            counts = np.bincount(codes, minlength=len(tokens))
+            seen = np.flatnonzero(counts)
+            table = self._counts[field]
+            for token, n in zip([tokens[i] for i in seen.tolist()], counts[seen].tolist()):
+                table[token] += n
 
     def process(self, element):
-        if isinstance(element, RecordChunk):
+        if isinstance(element, KeyChunk):
+            self._count_keys(element)
+            self._rows += len(element)
+        elif isinstance(element, RecordChunk):
             # one C-level Counter.update per field over the chunk's column
             for table, column in zip(self._counts, element.columns):
                 table.update(column)
@@ -111,7 +225,7 @@ class _CountTokensFn(beam.DoFn):
             self._rows += 1
         if self._rows - self._checked >= 1000:
             self._checked = self._rows
-            if sum(map(len, self._counts)) >= self._max:
+            if self._entries() >= self._max:
                 yield from self._evict(everything=False)
 
     def finish_bundle(self):

@@ -7,6 +7,7 @@ new digests here (`python tests/test_preprocessing_golden.py` prints them).
 """
 from __future__ import annotations
 
+import collections
 import glob
 import gzip
 import hashlib
@@ -40,15 +41,30 @@ EXPECTED = {
 }
 
 
-def write_fixture(directory: str) -> str:
-    """The generator's rows (fixed seed) with BAD_LINES inserted -> `directory`/logs.tsv."""
+# The same rows with only the first three bad lines (in the first 1002 lines): the later
+# chunks hold plain values only, which both passes read by the packed path
+# (preprocessing.packed); captured with the job as it was before that path existed.
+PLAIN_TAIL_BAD_LINES = BAD_LINES[:3]
+PLAIN_TAIL_EXPECTED = {
+    "records/train": "64c0d01637e0c19f175004a0921bd0c53615a8b85ff9f9a20998a4f2a1d137e3",
+    "records/valid": "d870494767735566a4ee88cb8f70d2709b4ca9ec75643eb9c7d578289f1ca7c7",
+    "records/test": "25515b6150c9444e5b12495f24f60242df7ce50b763c0f282d4257b8d62471b3",
+    "vocab": "d4d18b0aeb5eccca8e29d7902a3253b619152d82d217397fbd43c0857421626f",
+    "deadletter": "f312b037f4ea736831b9cd56817c12a9d25ff3f74d15a255381e6ab8c2e9857d",
+    "rows": {"read": 3002, "written": {"train": 2429, "valid": 282, "test": 289},
+             "deadlettered": 2, "skipped": {"header": 0, "blank": 1}},
+}
+
+
+def write_fixture(directory: str, bad_lines=BAD_LINES) -> str:
+    """The generator's rows (fixed seed) with `bad_lines` inserted -> `directory`/logs.tsv."""
     from preprocessing import synthetic
 
     clean = os.path.join(directory, "clean.tsv")
     synthetic.generate(clean, ROWS, SEED)
     with open(clean, "rb") as fh:
         lines = fh.read().split(b"\n")[:-1]
-    for position, line in reversed(BAD_LINES):
+    for position, line in reversed(bad_lines):
         lines.insert(position, line)
     path = os.path.join(directory, "logs.tsv")
     with open(path, "wb") as fh:
@@ -89,13 +105,14 @@ def output_digests(data_dir: str) -> dict:
     return digests
 
 
-def run_job(directory: str) -> dict:
+def run_job(directory: str, bad_lines=BAD_LINES) -> dict:
     """The job (DirectRunner, in memory) on the fixture -> output_digests."""
     from preprocessing import run as run_mod
 
     data_dir = os.path.join(directory, "data")
-    run_mod.run(["--dataset", "criteo", "--input", write_fixture(directory), "--data_dir",
-                 data_dir, "--runner", "DirectRunner", "--direct_running_mode", "in_memory"])
+    run_mod.run(["--dataset", "criteo", "--input", write_fixture(directory, bad_lines),
+                 "--data_dir", data_dir, "--runner", "DirectRunner", "--direct_running_mode",
+                 "in_memory"])
     return output_digests(data_dir)
 
 
@@ -105,9 +122,34 @@ def test_job_output_is_unchanged(tmp_path):
     assert got == EXPECTED
 
 
+def test_job_output_through_the_packed_path_is_unchanged(tmp_path, monkeypatch):
+    from preprocessing import packed
+
+    read = collections.Counter()  # chunks each packed step read
+
+    def counting(cls, method):
+        original = getattr(cls, method)
+
+        def call(self, *args):
+            result = original(self, *args)
+            read[cls.__name__] += result is not None
+            return result
+        return call
+
+    for cls, method in ((packed.PackedReader, "__call__"), (packed.PackedEncoder, "encode")):
+        monkeypatch.setattr(cls, method, counting(cls, method))
+    got = run_job(str(tmp_path), PLAIN_TAIL_BAD_LINES)
+    assert got["rows"] == PLAIN_TAIL_EXPECTED["rows"]
+    assert got == PLAIN_TAIL_EXPECTED
+    # the encoding pass's chunks of 1000 lines after the second (the bad lines are in lines 6,
+    # 19 and 1002), and the vocabulary pass's chunks of 1000 training lines after the first
+    assert read["PackedEncoder"] == 2 and read["PackedReader"] == 2
+
+
 if __name__ == "__main__":
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        print(json.dumps(run_job(tmp), indent=4, sort_keys=True))
+    for bad_lines in (BAD_LINES, PLAIN_TAIL_BAD_LINES):
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(run_job(tmp, bad_lines), indent=4, sort_keys=True))
     sys.exit(0)
