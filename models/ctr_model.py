@@ -50,7 +50,7 @@ class CTRModel(keras.Model):
         if mlp_input not in MLP_INPUTS:
             raise ValueError(f"CTRModel: mlp_input must be one of {MLP_INPUTS}, got {mlp_input!r}")
         if mlp_input == "raw":
-            if not hasattr(embedding, "raw_fields"):
+            if not hasattr(embedding, "flat_and_unified"):
                 raise ValueError(f"CTRModel: mlp_input='raw' needs a mixed-dimension "
                                  f"(re-training) embedding, got {type(embedding).__name__}")
             want = sum(embedding.dims)
@@ -81,11 +81,11 @@ class CTRModel(keras.Model):
 
     def call(self, ids, training=None):
         if self.mlp_input == "raw":
-            columns = self.embedding.raw_fields(ids)
-            flat = tf.concat(columns, axis=1)  # [B, sum d_m]
-            if self.backbone.uses_field_embeddings:
-                logits = self.backbone(self.embedding.unify_fields(columns), training=training,
-                                       mlp_features=flat)
+            # [B, sum d_m], and [B, M, E] if the backbone also reads the unified embeddings
+            flat, unified = self.embedding.flat_and_unified(
+                ids, unified=self.backbone.uses_field_embeddings)
+            if unified is not None:
+                logits = self.backbone(unified, training=training, mlp_features=flat)
             else:
                 logits = self.backbone(flat, training=training)
         else:

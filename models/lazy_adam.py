@@ -11,6 +11,12 @@ as in TF1 `LazyAdamOptimizer`. Duplicate row ids are summed first, so on the tou
 equals Keras Adam's update with the same (dense) gradient. Dense gradients use Keras Adam's math
 unchanged.
 
+A table with no more rows than the batch has lookups (MovieLens-100k's 3,765 rows against 2,000 x 8
+lookups; never a Criteo-sized one) is updated by one XLA-compiled function instead: the same
+update computed for every row and written back only on the touched ones (`_masked_dense_adam`),
+three times faster there. Its values equal the sparse path's to float rounding (XLA may fuse a
+multiply-add: 1 ulp); untouched rows and moments stay bitwise.
+
 Where the hook sits (keras/src/optimizers/base_optimizer.py and backend/tensorflow/optimizer.py):
 `apply` filters `None` gradients (keeps `IndexedSlices`), `_backend_apply_gradients` clips (patched
 here to stay sparse), `TFOptimizer._backend_update_step` all-reduces gradients in a replica context
@@ -49,6 +55,38 @@ def _deduplicate(grad: tf.IndexedSlices) -> tf.IndexedSlices:
     shape = tf.concat([tf.shape(unique_ids), tf.shape(grad.values)[1:]], axis=0)
     summed = tf.scatter_nd(tf.expand_dims(positions, -1), grad.values, shape)
     return tf.IndexedSlices(summed, unique_ids, grad.dense_shape)
+
+
+def _small_table(gradient: tf.IndexedSlices, variable) -> bool:
+    """Whether the table has no more rows than the gradient has (static) lookups: then an update
+    of every row, masked to the touched ones, costs no more than the sparse one's work per
+    lookup."""
+    lookups = gradient.indices.shape[0] if gradient.indices.shape.rank == 1 else None
+    rows = variable.shape[0]
+    return lookups is not None and rows is not None and int(rows) <= int(lookups)
+
+
+@tf.function(jit_compile=True)
+def _masked_dense_adam(var, m, v, ids, values, alpha, one_minus_beta_1, one_minus_beta_2,
+                       epsilon):
+    """The lazy update of a SMALL table (`_small_table`), XLA-compiled: the lookups' rows are
+    summed into a dense [rows, ...] gradient (a scatter-add, in input order as `_deduplicate`),
+    every row's Adam update is computed and only the touched rows are written back (`tf.where`;
+    untouched rows keep their value and moments bitwise). The same expressions as the sparse
+    path; compiled, the scatter-add loses TensorFlow's per-row kernel overhead (2,000 x 8
+    lookups into 3,765 x 32 rows, MovieLens-100k: 0.7 against 2.1 ms per update on 2 cores).
+    Unique ids (the sparse path's first op) have no XLA kernel, hence the mask."""
+    index = tf.expand_dims(ids, -1)
+    g = tf.scatter_nd(index, values, tf.shape(var, out_type=ids.dtype))
+    touched = tf.scatter_nd(index, tf.ones_like(ids), tf.shape(var, out_type=ids.dtype)[:1]) > 0
+    touched = tf.reshape(touched, [-1] + [1] * (var.shape.rank - 1))
+    m_old, v_old, var_old = m.read_value(), v.read_value(), var.read_value()
+    m_new = m_old + (g - m_old) * one_minus_beta_1
+    v_new = v_old + (tf.square(g) - v_old) * one_minus_beta_2
+    var_new = var_old - (m_new * alpha) / (tf.sqrt(v_new) + epsilon)
+    m.assign(tf.where(touched, m_new, m_old))
+    v.assign(tf.where(touched, v_new, v_old))
+    var.assign(tf.where(touched, var_new, var_old))
 
 
 @keras.saving.register_keras_serializable(package="autodim")
@@ -133,15 +171,22 @@ class LazyAdam(keras.optimizers.Adam):
         m = self._momentums[index]
         v = self._velocities[index]
 
-        gradient = _deduplicate(gradient)
-        ids = gradient.indices
-        g = tf.cast(gradient.values, dtype)
-
         lr = tf.cast(learning_rate, dtype)
         step = tf.cast(self.iterations + 1, dtype)
         beta_1 = tf.cast(self.beta_1, dtype)
         beta_2 = tf.cast(self.beta_2, dtype)
         alpha = lr * tf.sqrt(1 - tf.pow(beta_2, step)) / (1 - tf.pow(beta_1, step))
+
+        if _small_table(gradient, variable) and not self.amsgrad:
+            _masked_dense_adam(
+                _tf_variable(variable), _tf_variable(m), _tf_variable(v), gradient.indices,
+                tf.cast(gradient.values, dtype), alpha, tf.constant(1 - self.beta_1, dtype),
+                tf.constant(1 - self.beta_2, dtype), tf.constant(self.epsilon, dtype))
+            return
+
+        gradient = _deduplicate(gradient)
+        ids = gradient.indices
+        g = tf.cast(gradient.values, dtype)
 
         # Same elementwise expressions as keras Adam.update_step, restricted to the rows `ids`.
         m_rows = tf.gather(m.value, ids)

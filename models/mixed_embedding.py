@@ -4,8 +4,10 @@ Fields are grouped by dimension; each group is one concatenated table (sparse gr
 `unify="linear"`, one [M_g, d, output_dim] kernel and [M_g, output_dim] bias. A call gathers each
 field's rows from its group table, projects them with the field's slice of the kernel and stacks
 the fields in their original order: with mixed widths this per-field form is faster than grouped
-gathers plus a concat, a reorder gather and a transpose (serving latency, BENCHMARKS.md). No
-BatchNorm (the paper drops it at re-training: there is nothing to compare).
+gathers plus a concat, a reorder gather and a transpose (serving latency, BENCHMARKS.md). With one
+width (every field at the same dim, FDE) a call is one gather of [B, M, d] instead
+(`flat_and_unified`). No BatchNorm (the paper drops it at re-training: there is nothing to
+compare).
 
 Design choice: with `unify="linear"` every field is projected, including fields whose dim already
 equals `output_dim`. The paper's Eq. 1 transforms every candidate including d_N, so the re-trained
@@ -109,11 +111,43 @@ class MixedDimEmbedding(keras.layers.Layer):
             if tables.groups[0].width < self.output_dim:
                 out = tf.pad(out, [[0, 0], [0, 0], [0, self.output_dim - tables.groups[0].width]])
             return out
+        if len(tables.groups) == 1:
+            return self.flat_and_unified(ids)[1]
         return self.unify_fields(self.raw_fields(ids))
 
     def raw_fields(self, ids) -> list[tf.Tensor]:
         """ids [B, M] -> each field's embedding at its own dim, [B, dims[m]], in field order."""
         return self._tables.lookup_fields(self._tables.check_ids(ids))
+
+    def flat_and_unified(self, ids, unified: bool = True):
+        """ids [B, M] -> (the raw embeddings concatenated in field order [B, sum d_m], the
+        unified ones [B, M, output_dim] or None if `unified` is False): what `raw_fields` +
+        `tf.concat` and `unify_fields` give, computed together.
+
+        With one table width (FDE) this is ONE gather of [B, M, d] whose reshape is the flat
+        input and whose per-field projection (a batched matmul over the field axis) the unified
+        one: measured cheaper than M gathers + a concat + a stack and their gradients
+        (benchmarks/pytorch_fm.py), and the table's gradient arrives as one row-sparse slice
+        instead of M to be concatenated. Mixed widths keep the per-field form (see the module
+        docstring)."""
+        tables = self._tables
+        if len(tables.groups) > 1:
+            columns = self.raw_fields(ids)
+            return tf.concat(columns, axis=1), self.unify_fields(columns) if unified else None
+        (rows,) = tables.lookup(tables.check_ids(ids))  # [B, M, d]
+        width = tables.groups[0].width
+        flat = tf.reshape(rows, [-1, len(self.vocab_sizes) * width])
+        if not unified:
+            return flat, None
+        if self.unify == "linear":
+            # [M, B, d] x [M, d, E] -> [M, B, E]: one batched matmul of every field's projection
+            field_major = tf.transpose(rows, [1, 0, 2])
+            projected = tf.matmul(field_major, self.kernels[0].value)
+            projected += self.biases[0].value[:, None]
+            return flat, tf.transpose(projected, [1, 0, 2])
+        if width < self.output_dim:
+            rows = tf.pad(rows, [[0, 0], [0, 0], [0, self.output_dim - width]])
+        return flat, rows
 
     def unify_fields(self, columns: Sequence[tf.Tensor]) -> tf.Tensor:
         """`raw_fields` output -> [B, M, output_dim] (per-field projection or zero padding)."""

@@ -19,7 +19,12 @@ from pipeline.controller import (
     LoopSettings,
     Task,
 )
-from pipeline.trainer import Optimizers, StepRunner, make_embedding_optimizer
+from pipeline.trainer import (
+    Optimizers,
+    StepRunner,
+    make_dense_optimizer,
+    make_embedding_optimizer,
+)
 
 
 class RetrainTask(Task):
@@ -56,7 +61,7 @@ class RetrainTask(Task):
                                         **runtime.backbone_kwargs(m))
             model(tf.zeros([2, len(vocab_sizes)], tf.int32), training=False)
             opts = Optimizers(
-                dense=keras.optimizers.Adam(learning_rate=r.learning_rate),
+                dense=make_dense_optimizer(r.learning_rate),
                 embedding=make_embedding_optimizer(r.embedding_optimizer, r.learning_rate))
             opts.build(model)
             self.runner = StepRunner(strategy, model, opts, r.batch_size)

@@ -455,3 +455,66 @@ def test_benchmark_runs_and_prints_ratio_line(capsys):
     assert last.startswith("lazy_3k_over_50=") and last.endswith(" dense_3k_over_50=nan")
     with pytest.raises(SystemExit):
         sparse_update.main(["--optimizers", "sgd"])
+
+
+def _run_lazy(rows, batches, small_table, monkeypatch, dim=4, lr=0.05):
+    """LazyAdam on a [rows, dim] table over `batches` of (ids, values), compiled; with
+    `small_table` False the sparse path is forced."""
+    from models import lazy_adam
+
+    if not small_table:
+        monkeypatch.setattr(lazy_adam, "_small_table", lambda gradient, variable: False)
+    var = keras.Variable(np.random.default_rng(0).normal(size=(rows, dim)).astype("float32"))
+    opt = LazyAdam(learning_rate=lr)
+    opt.build([var])
+
+    @tf.function
+    def step(ids, values):
+        opt.apply_gradients([(tf.IndexedSlices(values, ids, tf.constant([rows, dim])), var)])
+
+    graph = step.get_concrete_function(*batches[0]).graph
+    for ids, values in batches:
+        step(ids, values)
+    monkeypatch.undo()
+    i = opt._get_variable_index(var)
+    types = {op.type for op in graph.get_operations()}
+    return [var.numpy(), opt._momentums[i].numpy(), opt._velocities[i].numpy()], types
+
+
+@pytest.mark.parametrize("index_dtype", [tf.int32, tf.int64])
+def test_small_table_update_equals_the_sparse_one(monkeypatch, index_dtype):
+    """A table with no more rows than the batch has lookups takes the compiled masked update:
+    the same values as the sparse path (to float rounding: XLA may fuse a multiply-add), rows and
+    moments not touched by any step bitwise unchanged."""
+    rows, lookups, dim = 40, 64, 4
+    rng = np.random.default_rng(3)
+    batches = [(tf.constant(rng.integers(0, 30, size=lookups), index_dtype),  # rows 30+: never
+                tf.constant(rng.normal(size=(lookups, dim)).astype("float32")))
+               for _ in range(6)]
+    small, small_ops = _run_lazy(rows, batches, True, monkeypatch)
+    sparse, sparse_ops = _run_lazy(rows, batches, False, monkeypatch)
+    assert "Unique" in sparse_ops and "Unique" not in small_ops  # the two paths were taken
+    start = np.random.default_rng(0).normal(size=(rows, dim)).astype("float32")
+    for got, want in zip(small, sparse):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(got[30:], want[30:])
+    np.testing.assert_array_equal(small[0][30:], start[30:])
+    assert not small[1][30:].any() and not small[2][30:].any()
+    assert np.abs(small[0][:30] - start[:30]).max() > 0.1  # it did train
+
+
+def test_small_table_path_only_when_rows_fit_the_static_lookups():
+    from models.lazy_adam import _small_table
+
+    table = tf.Variable(tf.zeros([10, 3]))
+
+    def grad(ids):
+        return tf.IndexedSlices(tf.zeros([1, 3]), ids, tf.constant([10, 3]))
+
+    assert _small_table(grad(tf.zeros([10], tf.int32)), table)
+    assert _small_table(grad(tf.zeros([64], tf.int32)), table)
+    assert not _small_table(grad(tf.zeros([9], tf.int32)), table)
+    seen = []
+    tf.function(lambda ids: seen.append(_small_table(grad(ids), table))).get_concrete_function(
+        tf.TensorSpec([None], tf.int32))
+    assert seen == [False]  # an unknown number of lookups keeps the sparse path

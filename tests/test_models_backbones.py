@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from models.backbones.dcn_v2 import DCNv2
-from models.backbones.fm import FM
+from models.backbones.fm import FM, fm_interaction
 from models.backbones.ipnn import IPNN
 from models.factory import BACKBONES, build_retrain_model, build_search_model
 from models.mlp import MLP
@@ -24,6 +24,52 @@ def test_fm_equals_brute_force_pairwise_sum():
         sum(e[b, i] @ e[b, j] for i, j in itertools.combinations(range(5), 2)) for b in range(3)
     ]
     np.testing.assert_allclose(FM()(tf.constant(e)).numpy(), expected, rtol=1e-5)
+
+
+def _fm_square_of_sum(e):
+    """The textbook form, differentiated by plain autodiff."""
+    return 0.5 * (tf.square(tf.reduce_sum(e, axis=1)) - tf.reduce_sum(tf.square(e), axis=1))
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 3), (2, 2, 5), (3, 1, 2)])
+def test_fm_interaction_value_and_gradient_equal_autodiff_of_the_square_of_sum_form(shape):
+    rng = np.random.default_rng(sum(shape))
+    e = tf.constant(rng.normal(size=shape).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(shape[0], shape[2])).astype(np.float32))
+
+    def value_and_grad(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(e)
+            out = fn(e)
+            loss = tf.reduce_sum(out * upstream)
+        return out.numpy(), tape.gradient(loss, e).numpy()
+
+    out, grad = value_and_grad(fm_interaction)
+    want_out, want_grad = value_and_grad(_fm_square_of_sum)
+    np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
+    # d out_d / d e_{m,d} = sum_m' e_{m',d} - e_{m,d}
+    hand = upstream.numpy()[:, None, :] * (e.numpy().sum(axis=1, keepdims=True) - e.numpy())
+    np.testing.assert_allclose(grad, hand, rtol=1e-5, atol=1e-6)
+    # the same inside a compiled function (what the trainer traces)
+    compiled = tf.function(lambda x: tf.gradients(tf.reduce_sum(fm_interaction(x) * upstream),
+                                                  x)[0])
+    np.testing.assert_allclose(compiled(e).numpy(), want_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fm_interaction_registers_no_gradient_function_per_trace():
+    # a tf.custom_gradient would add a process-global "CustomGradient-<uid>" registry entry (and
+    # keep its graph alive) on every trace
+    from tensorflow.python.framework import ops
+
+    def registered():
+        return set(ops.gradient_registry.list())
+
+    before = registered()
+    for batch in (2, 3, 4):
+        tf.function(lambda x: tf.gradients(tf.reduce_sum(fm_interaction(x)), x)[0])(
+            tf.ones([batch, 3, 2]))
+    assert {n for n in registered() - before if n.startswith("CustomGradient")} == set()
 
 
 def test_ipnn_feeds_the_embeddings_and_all_pairwise_inner_products():

@@ -103,3 +103,42 @@ def test_bad_arguments(kwargs, needle):
     with pytest.raises(ValueError) as err:
         MixedDimEmbedding(VOCAB, **kwargs)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("unify", ["linear", "zero_pad"])
+@pytest.mark.parametrize("dims,output_dim", [([3, 3, 3], None), ([3, 3, 3], 5), ([4, 2, 2], None)])
+def test_flat_and_unified_equal_raw_fields_concat_and_unify_fields(unify, dims, output_dim):
+    """One width (FDE: one gather of [B, M, d]) and mixed widths (per field): the flat raw input
+    and the unified embeddings, their gradients, and `call`, all as the per-field reference."""
+    vocab = [5, 3, 7]
+    layer = MixedDimEmbedding(vocab, dims, output_dim=output_dim, unify=unify)
+    layer.build((None, 3))
+    rng = np.random.default_rng(len(dims) + (output_dim or 0))
+    for v in layer.transform_variables:  # non-zero biases too
+        v.assign(rng.normal(size=v.shape).astype(np.float32))
+    ids = tf.constant(np.stack([rng.integers(0, v, size=6) for v in vocab], axis=1))
+    weights = layer.trainable_variables
+    flat_w = tf.constant(rng.normal(size=(6, sum(dims))).astype(np.float32))
+    unified_w = tf.constant(rng.normal(size=(6, 3, layer.output_dim)).astype(np.float32))
+
+    def run(fn):
+        with tf.GradientTape() as tape:
+            flat, unified = fn()
+            loss = tf.reduce_sum(flat * flat_w) + tf.reduce_sum(unified * unified_w)
+        grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, weights)]
+        return flat.numpy(), unified.numpy(), grads
+
+    def reference():
+        columns = layer.raw_fields(ids)
+        return tf.concat(columns, axis=1), layer.unify_fields(columns)
+
+    flat, unified, grads = run(lambda: layer.flat_and_unified(ids))
+    want_flat, want_unified, want_grads = run(reference)
+    np.testing.assert_array_equal(flat, want_flat)
+    np.testing.assert_allclose(unified, want_unified, rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads, want_grads, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer(ids).numpy(), want_unified, rtol=1e-6, atol=1e-6)
+    only_flat, none = layer.flat_and_unified(ids, unified=False)
+    assert none is None
+    np.testing.assert_array_equal(only_flat.numpy(), want_flat)
