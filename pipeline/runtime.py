@@ -434,16 +434,17 @@ def gradient_registrations() -> frozenset:
 def release_gradient_registrations(before: frozenset) -> int:
     """Removes the `tf.custom_gradient` functions registered since `before`; returns how many.
 
-    Tracing a `@tf.custom_gradient` function into a graph (`models.backbones.fm.fm_interaction`,
-    in every FM and DeepFM model) registers its gradient closure in TensorFlow's process-global
-    gradient registry under a new name, "CustomGradient-<uid>", and nothing ever removes it. The
-    closure holds tensors of the traced graph, the graph holds its captures, and the captures
-    are the handles of the variables the graph used: every traced training call kept its
-    model's tables and optimizer slots alive after the run (measured: RSS after each of three
-    retrain() calls in one process at 3 fields x 1M rows x 16, 1501 -> 2172 -> 2869 MB; with
-    the registrations dropped 1313 -> 1327 -> 1332 MB). A registration is only read when a
-    gradient is taken through that graph, so once a run's training is over (and at its end)
-    they are dropped."""
+    Tracing a `@tf.custom_gradient` function into a graph registers its gradient closure in
+    TensorFlow's process-global gradient registry under a new name, "CustomGradient-<uid>", and
+    nothing ever removes it. The closure holds tensors of the traced graph, the graph holds its
+    captures, and the captures are the handles of the variables the graph used: every traced
+    training call would keep its model's tables and optimizer slots alive after the run
+    (measured while the FM interaction had one: RSS after each of three retrain() calls in one
+    process at 3 fields x 1M rows x 16, 1501 -> 2172 -> 2869 MB; with the registrations dropped
+    1313 -> 1327 -> 1332 MB). The models use none now (`models.backbones.fm`); this keeps a
+    future one, or a backbone of a user's, from holding a run's memory. A registration is only
+    read when a gradient is taken through that graph, so once a run's training is over (and at
+    its end) they are dropped."""
     from tensorflow.python.framework import ops
 
     table = ops.gradient_registry._registry  # no public way to unregister

@@ -270,9 +270,9 @@ def _handles(variables) -> list:
 
 
 def test_nothing_of_a_retraining_stays_alive_after_it_returns(small_data, tmp_path, monkeypatch):
-    """The traced training graph captured the tables and slots and stayed registered (its
-    tf.custom_gradient) after retrain() returned: each retraining in one process added its
-    tables and slots to the process."""
+    """A traced training graph captures the tables and slots; one that stayed reachable after
+    retrain() returned (a tf.custom_gradient's registry entry, a reference cycle) would add each
+    retraining's tables and slots to the process."""
     from pipeline import retrain_task
     from pipeline.retrain import retrain
 
@@ -310,3 +310,30 @@ def test_nothing_of_a_search_stays_alive_after_it_returns(small_data, tmp_path, 
                experiment.resolve("default", None, SEARCH), quiet=True)
     gc.collect()
     assert refs and [r() is None for r in refs] == [True] * len(refs)
+
+
+def test_custom_gradient_registrations_of_a_run_are_released():
+    """A tf.custom_gradient traced in a run registers a process-global entry holding its graph;
+    release_gradient_registrations removes exactly those registered since `before`."""
+    import tensorflow as tf
+
+    from pipeline import runtime
+
+    before = runtime.gradient_registrations()
+
+    @tf.custom_gradient
+    def doubled(x):
+        return 2.0 * x, lambda upstream: 2.0 * upstream
+
+    @tf.function
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = doubled(x)
+        return tape.gradient(y, x)
+
+    assert float(grad(tf.constant(3.0))) == 2.0
+    added = runtime.gradient_registrations() - before
+    assert added and all(name.startswith("CustomGradient-") for name in added)
+    assert runtime.release_gradient_registrations(before) == len(added)
+    assert runtime.gradient_registrations() - before == frozenset()
