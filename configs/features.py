@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+from configs import fileio
 from configs.loader import ConfigError, from_dict, to_dict
 
 MISSING_TOKEN = "__missing__"
@@ -284,15 +285,15 @@ class DataSchema:
         data["schema_hash"] = self.schema_hash
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
-    def save(self, directory: str | Path) -> Path:
-        path = Path(directory) / SCHEMA_FILE
+    def save(self, directory: str | Path) -> Path | fileio.RemotePath:
+        path = fileio.path(directory) / SCHEMA_FILE
         path.write_text(self.to_json(), encoding="utf-8")
         return path
 
     @classmethod
     def load(cls, directory: str | Path) -> "DataSchema":
         """Reads DIR/schema.json; a missing or malformed file is an error naming it."""
-        path = Path(directory) / SCHEMA_FILE
+        path = fileio.path(directory) / SCHEMA_FILE
         if not path.is_file():
             raise ConfigError(
                 f"{path} does not exist: {directory} is not the output of `python -m "
@@ -310,9 +311,9 @@ class DataSchema:
 
     def read_vocab(self, directory: str | Path, field: str) -> list[str]:
         """Tokens of `field` in id order (id = index + 1)."""
-        path = Path(directory) / VOCAB_DIR / f"{field}.txt"
+        path = fileio.path(directory) / VOCAB_DIR / f"{field}.txt"
         tokens = []
-        with open(path, encoding="utf-8") as fh:
+        with path.open("r", encoding="utf-8") as fh:
             for line in fh:
                 tokens.append(line.rstrip("\n").split("\t", 1)[0])
         return tokens

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from configs import fileio
+
 
 @dataclasses.dataclass(frozen=True)
 class LoopSettings:
@@ -154,7 +156,7 @@ class Controller:
         # end of `run`): see runtime.release_gradient_registrations
         self._registrations = runtime.gradient_registrations()
         self.task, self.settings, self.hooks = task, settings, list(hooks)
-        self.model_dir = Path(model_dir)
+        self.model_dir = fileio.path(model_dir)
         state = dict(task.trackables())
         for hook in self.hooks:
             state.update(hook.trackables())
@@ -297,7 +299,7 @@ class EarlyStopping(Hook):
             self.bad_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_evals")
         self._model = model
         self._weights = tf.train.Checkpoint(model=runtime.model_state(model))
-        self._prefix = str(Path(directory) / "best" / "weights")
+        self._prefix = str(fileio.path(directory) / "best" / "weights")
         self._best_step: int | None = None  # the step of the best written in this process
 
     def trackables(self) -> dict:
@@ -340,5 +342,5 @@ class EarlyStopping(Hook):
             return
         prefix = self._prefix
         if self._best_step is None:
-            prefix = str(runtime.shared_dir(Path(prefix).parent) / Path(prefix).name)
+            prefix = str(runtime.shared_dir(fileio.path(prefix).parent) / fileio.path(prefix).name)
         runtime.restore_model_state(self._model, prefix)

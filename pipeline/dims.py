@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
+from configs import fileio
 from configs.features import DataSchema
 from configs.loader import ConfigError
 
 
-def dims_path(source: str) -> Path:
+def dims_path(source: str) -> Path | fileio.RemotePath:
     """The dims.json a `--dims` path names: the file itself, or the one in a directory."""
-    path = Path(source)
+    path = fileio.path(source)
     return path / "dims.json" if path.is_dir() else path
 
 

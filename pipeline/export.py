@@ -37,9 +37,11 @@ import re
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from configs import fileio
 from configs.cli import StrictArgumentParser, UsageError, abandoned, hold_directory, run_main
 from configs.features import MISSING_TOKEN, SCHEMA_FILE, DataSchema, DatasetSpec
 from configs.loader import ConfigError, from_dict
@@ -58,7 +60,7 @@ class ExportError(UsageError):
 
 def load_model_dir(model_dir: str | Path, data_dir: str | Path | None = None):
     """(spec dict, DataSchema, data_dir) after checking the files and the schema hash."""
-    model_dir = Path(model_dir)
+    model_dir = fileio.path(model_dir)
     if not model_dir.is_dir():
         raise ExportError(f"model_dir {model_dir} does not exist")
     for name in (MODEL_FILE, SPEC_FILE):
@@ -72,7 +74,7 @@ def load_model_dir(model_dir: str | Path, data_dir: str | Path | None = None):
     for key in ("schema_hash", "field_names", "vocab_sizes", "data_dir"):
         if key not in spec:
             raise ExportError(f"{model_dir / SPEC_FILE} has no {key!r}")
-    data_dir = Path(data_dir or spec["data_dir"])
+    data_dir = fileio.path(data_dir or spec["data_dir"])
     try:
         schema = DataSchema.load(data_dir)
     except ConfigError as exc:
@@ -104,7 +106,7 @@ def count_vocab_tokens(path: str | Path) -> int:
     tokens in 0.3 s and no memory (building their token lists with DataSchema.read_vocab, as
     this check did before, took 10-14 s and 0.7 GB; benchmarks/large_vocab.py)."""
     lines, last = 0, b"\n"
-    with open(path, "rb") as fh:
+    with fileio.path(path).open("rb") as fh:
         while block := fh.read(1 << 20):
             lines += block.count(b"\n")
             last = block[-1:]
@@ -114,7 +116,7 @@ def count_vocab_tokens(path: str | Path) -> int:
 def first_vocab_tokens(path: str | Path, n: int) -> list[str]:
     """The first n tokens of a vocabulary file (all of them when it has fewer), parsed as
     DataSchema.read_vocab parses every line."""
-    with open(path, encoding="utf-8") as fh:
+    with fileio.path(path).open("r", encoding="utf-8") as fh:
         return [line.rstrip("\n").split("\t", 1)[0] for line in itertools.islice(fh, n)]
 
 
@@ -212,6 +214,25 @@ def write_warmup(path: Path, model_name: str, rows: list[dict], field_names) -> 
 
 # ----------------------------------------------------------------------------- export
 
+def publish_remote(staged: Path, base: fileio.RemotePath) -> fileio.RemotePath:
+    """Copies the local SavedModel `staged` to the next version of the remote `base`, every file
+    before saved_model.pb, so a server polling `base` finds the graph only once all it needs is
+    there. Object stores have no directory rename: unlike a local export this is not atomic, and
+    two exporters racing for the same version are not detected."""
+    version_dir = base / str(next_version(base))
+    files = sorted(p for p in staged.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == "saved_model.pb")  # last
+    try:
+        for src in files:
+            dst = version_dir / src.relative_to(staged).as_posix()
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            fileio.copy_file(src, dst)
+    except BaseException:
+        fileio.remove_tree(version_dir)  # a version without saved_model.pb: never served
+        raise
+    return version_dir
+
+
 def next_version(base: Path) -> int:
     versions = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
     return max(versions, default=0) + 1
@@ -223,7 +244,7 @@ def load_keras_model(model_dir: Path):
     import models.factory  # noqa: F401  (registers the custom layers)
 
     try:
-        return keras.saving.load_model(model_dir / MODEL_FILE, compile=False)
+        return keras.saving.load_model(str(model_dir / MODEL_FILE), compile=False)
     except Exception as exc:  # corrupt archive, unknown class, ...
         raise ExportError(f"cannot load {model_dir / MODEL_FILE}: {exc}") from exc
 
@@ -269,7 +290,7 @@ def export(model_dir: str | Path, export_dir: str | Path, name: str | None = Non
     """Exports model_dir; returns the new version directory."""
     import tensorflow as tf
 
-    model_dir = Path(model_dir)
+    model_dir = fileio.path(model_dir)
     spec, schema, data_dir = load_model_dir(model_dir, data_dir)
     name = name or schema.dataset
     if not name or "/" in name or name.startswith("."):
@@ -283,12 +304,16 @@ def export(model_dir: str | Path, export_dir: str | Path, name: str | None = Non
     module = build_module(model, schema, data_dir,
                           extra_assets=[str(data_dir / SCHEMA_FILE), str(model_dir / SPEC_FILE)])
 
-    base = Path(export_dir) / name
+    base = fileio.path(export_dir) / name
     base.mkdir(parents=True, exist_ok=True)
-    remove_dead_leftovers(base, log)
-    tmp = base / f".tmp-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir()
-    hold_directory(tmp)  # until this process exits: a later export sees it is in use
+    remote = isinstance(base, fileio.RemotePath)
+    if remote:  # staged locally, then copied into place (publish_remote)
+        tmp = Path(tempfile.mkdtemp(prefix=".autodim-export-"))
+    else:
+        remove_dead_leftovers(base, log)
+        tmp = base / f".tmp-{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+        tmp.mkdir()
+        hold_directory(tmp)  # until this process exits: a later export sees it is in use
     try:
         tf.saved_model.save(module, str(tmp), signatures=module.signature_functions())
         rows, source = raw_rows_from_inputs(schema, data_dir, warmup_rows)
@@ -298,7 +323,7 @@ def export(model_dir: str | Path, export_dir: str | Path, name: str | None = Non
             rows = raw_rows_from_vocab(schema, data_dir, warmup_rows)
             warmup_source = f"synthesised from the vocabularies ({source})"
         count = write_warmup(tmp / "assets.extra" / WARMUP_FILE, name, rows, schema.field_names)
-        info = {"model_dir": str(model_dir.resolve()), "data_dir": str(Path(data_dir).resolve()),
+        info = {"model_dir": fileio.absolute(model_dir), "data_dir": fileio.absolute(data_dir),
                 "dataset": schema.dataset, "schema_hash": schema.schema_hash,
                 "field_names": list(schema.field_names),
                 "field_kinds": [f.kind for f in schema.fields], "model_spec": spec,
@@ -307,7 +332,10 @@ def export(model_dir: str | Path, export_dir: str | Path, name: str | None = Non
                 "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / "assets.extra" / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n",
                                                         encoding="utf-8")
-        while True:  # another exporter may take a version between listing and renaming
+        if remote:
+            version_dir = publish_remote(tmp, base)
+            shutil.rmtree(tmp, ignore_errors=True)
+        while not remote:  # another exporter may take a version between listing and renaming
             version_dir = base / str(next_version(base))
             try:
                 os.rename(tmp, version_dir)  # fails if version_dir exists and is non-empty

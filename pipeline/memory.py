@@ -46,6 +46,7 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
+from configs import fileio
 from configs.cli import UsageError
 
 FLOAT_BYTES = 4
@@ -261,9 +262,9 @@ def vocab_files(schema, data_dir: str | Path) -> tuple[int, int, int]:
     for f in schema.fields:
         if f.vocab_size <= 1:
             continue
-        path = Path(data_dir) / f.vocab_file
+        path = fileio.path(data_dir) / f.vocab_file
         if path.is_file():
-            total += path.stat().st_size
+            total += fileio.size(path)
             tokens += f.vocab_size - 1
         else:
             missing += 1

@@ -52,6 +52,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from configs import fileio
 from configs.cli import (
     TEMP_INFIX,
     JobError,
@@ -77,7 +78,7 @@ class PredictFailure(JobError):
 
 def resolve_version(model: str | Path, version: int | None = None) -> Path:
     """The SavedModel directory: MODEL/<version> (newest if None), or MODEL itself if it is one."""
-    model = Path(model)
+    model = fileio.path(model)
     if (model / "saved_model.pb").is_file():
         if version is not None:
             raise PredictError(f"--version given but {model} is a version directory already")
@@ -218,6 +219,8 @@ class RowReader:
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
     """The same path after resolving symlinks, or (both existing) the same inode."""
+    if fileio.is_remote(a) or fileio.is_remote(b):
+        return str(a).rstrip("/") == str(b).rstrip("/")
     if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
@@ -251,7 +254,10 @@ def input_files(pattern: str, protected: Sequence[Path] = (),
         part = part.strip()
         if not part:
             continue
-        matched = sorted(p for p in glob.glob(part) if os.path.isfile(p))
+        if fileio.is_remote(part):
+            matched = [p for p in fileio.glob(part) if fileio.path(p).is_file()]
+        else:
+            matched = sorted(p for p in glob.glob(part) if os.path.isfile(p))
         if not matched:
             raise PredictError(f"--input {part}: no files match")
         kept = []
@@ -274,15 +280,25 @@ def input_files(pattern: str, protected: Sequence[Path] = (),
     return files
 
 
+def _first_line(path, limit: int) -> bytes:
+    """The first line of a file (at most `limit` bytes), with its newline."""
+    path = fileio.path(path)
+    if isinstance(path, Path):
+        with open(path, "rb") as fh:
+            return fh.readline(limit)
+    with path.open("rb") as fh:  # GFile's readline takes no limit
+        head = fh.read(limit)
+    end = head.find(b"\n")
+    return head if end < 0 else head[:end + 1]
+
+
 def _is_predict_output(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        first = fh.readline(4096)
+    first = _first_line(path, 4096)
     return first.rstrip(b"\r\n") == ",".join(OUTPUT_HEADER).encode()
 
 
 def _is_predict_rejects(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        first = fh.readline(1 << 20)
+    first = _first_line(path, 1 << 20)
     if not first:
         return True
     try:
@@ -295,6 +311,15 @@ def _is_predict_rejects(path: Path) -> bool:
 def check_output(output: Path, rejects: Path) -> None:
     """Refuses (PredictError) an output or rejects path that holds something predict did not
     write: only a previous predict output (rejects file) is ever replaced."""
+    if isinstance(output, fileio.RemotePath):  # no symlinks, no special files
+        for path, what, ours in ((output, "--output", _is_predict_output),
+                                 (rejects, "the rejects file of --output", _is_predict_rejects)):
+            if path.is_dir():
+                raise PredictError(f"{what} {path} is a directory")
+            if path.exists() and not ours(path):
+                raise PredictError(f"{what} {path} exists and was not written by "
+                                   f"pipeline.predict; refusing to overwrite it")
+        return
     parent = output.parent
     while not os.path.exists(parent) and parent != parent.parent:
         parent = parent.parent
@@ -335,6 +360,8 @@ def _lines(path: str) -> Iterator[tuple[int, bytes, int]]:
     A damaged `.gz` (truncated, corrupt) or an unreadable file raises PredictFailure naming the
     file and how far it was read."""
     opener = gzip.open if path.endswith(".gz") else open
+    if fileio.is_remote(path):
+        opener = _open_remote
     line_no = read = 0
     try:
         with opener(path, "rb") as fh:
@@ -353,6 +380,17 @@ def _lines(path: str) -> Iterator[tuple[int, bytes, int]]:
                              f"{exc.strerror or exc}") from None
 
 
+@contextlib.contextmanager
+def _open_remote(name: str, mode: str):
+    """A remote input file, opened binary (decompressed when it ends in .gz)."""
+    with fileio.path(name).open(mode) as raw:
+        if not name.endswith(".gz"):
+            yield raw
+            return
+        with gzip.GzipFile(fileobj=raw, mode=mode) as fh:
+            yield fh
+
+
 def _cannot_write(output: Path, exc: OSError) -> PredictFailure:
     where = f" ({exc.filename})" if exc.filename else ""
     return PredictFailure(f"cannot write --output {output}: {exc.strerror or exc}{where}")
@@ -364,6 +402,10 @@ def _atomic_outputs(output: Path, rejects_path: Path):
     block ends without an error they are synced and renamed into place (the rejects file first,
     the scores last); on any failure they are removed. An OSError (creating or writing them)
     becomes PredictFailure "cannot write --output"; reading errors are PredictFailure already."""
+    if isinstance(output, fileio.RemotePath):
+        with _remote_outputs(output, rejects_path) as files:
+            yield files
+        return
     temps: list[Path] = []  # removed on any failure; renamed into place at the end
     try:
         try:
@@ -389,6 +431,27 @@ def _atomic_outputs(output: Path, rejects_path: Path):
                 tmp.unlink(missing_ok=True)
             except OSError:
                 pass
+
+
+@contextlib.contextmanager
+def _remote_outputs(output: fileio.RemotePath, rejects_path: fileio.RemotePath):
+    """_atomic_outputs for a remote --output: both files written in a local temporary
+    directory, then copied to temporary names beside their final paths and renamed into place
+    (fileio.put_file: not atomic on an object store, never a partial file)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=".autodim-predict-") as tmp:
+        local_out, local_rejects = Path(tmp) / "output.csv", Path(tmp) / "rejects.jsonl"
+        with open(local_out, "w", newline="", encoding="utf-8") as out, \
+                open(local_rejects, "w", newline="", encoding="utf-8") as rejects:
+            yield out, rejects
+        check_output(output, rejects_path)  # again: something may have appeared meanwhile
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            fileio.put_file(local_rejects, rejects_path)
+            fileio.put_file(local_out, output)
+        except OSError as exc:
+            raise _cannot_write(output, exc) from None
 
 
 class _BatchScorer:
@@ -483,15 +546,15 @@ def predict(model: str | Path, pattern: str, output: str | Path, *, version: int
     version_dir = resolve_version(model, version)
     spec, field_names = load_dataset_spec(version_dir, dataset)
     reader = RowReader(spec, field_names)
-    output = Path(output)
-    rejects_path = Path(str(output) + REJECTS_SUFFIX)
+    output = fileio.path(output)
+    rejects_path = fileio.path(str(output) + REJECTS_SUFFIX)
     # Usage checks, before anything is written: no input is this run's output, rejects file or
     # a temporary of them, and only a previous predict output is ever replaced.
     notes: list[str] = []
     files = input_files(pattern, (output, rejects_path), notes)
     check_output(output, rejects_path)
     loaded = tf.saved_model.load(str(version_dir))  # kept referenced while its signature runs
-    total_bytes = sum(os.path.getsize(f) for f in files)
+    total_bytes = sum(fileio.size(f) for f in files)
     progress = Progress(max(total_bytes, 1), quiet=quiet, unit="B", unit_scale=True)
     log = log or progress.log
     for note in notes:

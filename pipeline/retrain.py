@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from configs import fileio
 from configs.cli import StrictArgumentParser, run_main
 from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, retrain_hash
 from configs.features import DataSchema
@@ -54,13 +53,13 @@ def retrain(data_dir: str, dims_source: str, model_dir: str, cfg: ExperimentConf
         dims = apply_dim_overrides(
             load_dims(dims_source, schema, cfg.model.candidate_dims, trial=trial_index),
             dim_overrides, schema)
-        return _retrain_one(data_dir, schema, dims, Path(model_dir), cfg, quiet=quiet,
+        return _retrain_one(data_dir, schema, dims, fileio.path(model_dir), cfg, quiet=quiet,
                             preset=preset, strategy=strategy)
     results = []
     for k in range(trials):
         dims = apply_dim_overrides(load_dims(dims_source, schema, cfg.model.candidate_dims,
                                              trial=k), dim_overrides, schema)
-        sub = Path(model_dir) / "trials" / str(k)
+        sub = fileio.path(model_dir) / "trials" / str(k)
         results.append(_retrain_one(data_dir, schema, dims, sub, cfg, quiet=quiet,
                                     preset=preset, strategy=strategy))
     best_k = int(np.argmax([r["best_valid_auc"] for r in results]))
@@ -75,12 +74,12 @@ def retrain(data_dir: str, dims_source: str, model_dir: str, cfg: ExperimentConf
         src = top / "trials" / str(best_k) / name
         if name == VALID_PREDICTIONS_FILE and not src.exists():
             continue  # a trial finished before validation predictions were saved
-        shutil.copy2(src, top / name)
+        fileio.copy_file(src, top / name)
     runtime.atomic_write_json(top / METRICS_FILE, best)
     return best
 
 
-def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentConfig, *, quiet,
+def _retrain_one(data_dir, schema, dims: dict, model_dir, cfg: ExperimentConfig, *, quiet,
                  preset, strategy) -> dict:
     """One retraining in model_dir (a finished one is read back, not repeated)."""
     from pipeline import runtime
@@ -90,7 +89,7 @@ def _retrain_one(data_dir, schema, dims: dict, model_dir: Path, cfg: ExperimentC
     dims_hash = hashlib.sha256(json.dumps(dims["dims"]).encode()).hexdigest()[:16]
     record = {"kind": "retrain", "preset": preset, "config": to_dict(cfg),
               "config_hash": retrain_hash(cfg), "schema_hash": schema.schema_hash,
-              "dims_hash": dims_hash, "dims": dims, "data_dir": str(Path(data_dir).resolve())}
+              "dims_hash": dims_hash, "dims": dims, "data_dir": fileio.absolute(data_dir)}
     model_dir = runtime.prepare_model_dir(model_dir, record, rehash=retrain_hash)
     # finished already (by the chief, in a multi-worker run): a rerun is a no-op
     metrics_path = runtime.shared_dir(model_dir) / METRICS_FILE
@@ -128,13 +127,14 @@ def predict_split(model, data_dir, schema, split: str, batch_size: int):
     return np.concatenate(labels), np.concatenate(probs)
 
 
-def save_valid_predictions(model, data_dir, schema, model_dir: Path, batch_size: int) -> Path:
+def save_valid_predictions(model, data_dir, schema, model_dir, batch_size: int):
     """Writes the validation split's labels and probabilities (for `pipeline.tuning`'s paired
     comparison of candidates) to model_dir/valid_predictions.npz."""
+    from pipeline import runtime
+
     labels, probs = predict_split(model, data_dir, schema, "valid", batch_size)
-    path = Path(model_dir) / VALID_PREDICTIONS_FILE
-    np.savez_compressed(path, labels=labels, probabilities=probs)
-    return path
+    return runtime.save_npz(fileio.path(model_dir) / VALID_PREDICTIONS_FILE, labels=labels,
+                            probabilities=probs)
 
 
 def _search_backbone(source: str, config_file: str | None, set_overrides: list[str]) -> str | None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
+from configs import fileio
 from pipeline import runtime, summaries
 from pipeline.controller import (
     CallResult,
@@ -53,7 +53,7 @@ class RetrainTask(Task):
                      "mlp_units": list(m.mlp_units),
                      "dropout": m.dropout, "field_names": list(schema.field_names),
                      "schema_hash": schema.schema_hash,
-                     "data_dir": str(Path(data_dir).resolve())}
+                     "data_dir": fileio.absolute(data_dir)}
         keras.utils.set_random_seed(r.seed)
         with strategy.scope():
             model = build_retrain_model(m.backbone, vocab_sizes, dims_list, unify=r.unify,
@@ -126,7 +126,7 @@ class TestScoring(Hook):
 
     def __init__(self, task: RetrainTask, early_stopping: EarlyStopping, model_dir: str | Path):
         self.task, self.early_stopping = task, early_stopping
-        self.model_dir = Path(model_dir)
+        self.model_dir = fileio.path(model_dir)
         self.result: dict | None = None
 
     def metrics(self, ctl: Controller) -> dict:
@@ -142,10 +142,10 @@ class TestScoring(Hook):
 
         task, r, d = self.task, self.task.cfg.retrain, self.model_dir
         labels, probs = predict_split(task.model, task.data_dir, task.schema, "test", r.batch_size)
-        np.savez_compressed(d / PREDICTIONS_FILE, labels=labels, probabilities=probs)
+        runtime.save_npz(d / PREDICTIONS_FILE, labels=labels, probabilities=probs)
         valid_path = save_valid_predictions(task.model, task.data_dir, task.schema, d,
                                             r.batch_size)
-        with np.load(valid_path) as valid:
+        with runtime.load_npz(valid_path) as valid:
             best_valid_logloss = numpy_logloss(valid["labels"], valid["probabilities"])
         runtime.save_keras_model(task.model, d / MODEL_FILE)
         runtime.atomic_write_json(d / SPEC_FILE, task.spec)

@@ -28,6 +28,7 @@ import json
 import sys
 from pathlib import Path
 
+from configs import fileio
 from configs.cli import StrictArgumentParser, run_main
 from configs.experiment import preset_for_dataset, resolve
 from configs.features import SCHEMA_FILE, DataSchema
@@ -44,7 +45,7 @@ def run(args) -> dict:
     from pipeline.search import format_dims
 
     costs, embeddings, tolerance = _tuning_options(args)  # checked before anything runs
-    work = Path(args.workdir)
+    work = fileio.path(args.workdir)
     strategy = _cluster_strategy(args, work, costs)
     data, truth = _prepare_data(args, work)
     schema = DataSchema.load(data)
@@ -120,14 +121,13 @@ def _prepare_data(args, work: Path) -> tuple[Path, dict | None]:
     truth = _read_truth(args.truth) if args.truth else None
     work.mkdir(parents=True, exist_ok=True)
     if args.demo and _writes_outputs():
-        from preprocessing import synthetic
 
         raw = work / "raw" / "synthetic.tsv"
-        truth_path = Path(str(raw) + ".truth.json")
+        truth_path = fileio.path(str(raw) + ".truth.json")
         if not truth_path.exists():
             raw.parent.mkdir(parents=True, exist_ok=True)
             print(f"[1/5] writing {args.rows:,} synthetic rows with planted structure to {raw}")
-            synthetic.generate(str(raw), args.rows, args.seed)
+            _generate(raw, truth_path, args.rows, args.seed)
         truth = json.loads(truth_path.read_text(encoding="utf-8"))
         dataset, input_glob = "criteo", str(raw)
     else:
@@ -142,6 +142,22 @@ def _prepare_data(args, work: Path) -> tuple[Path, dict | None]:
         res = preprocess.run(argv + list(args.beam_args))
         print(preprocess.summary(res))
     return data, truth
+
+
+def _generate(raw, truth_path, rows: int, seed: int) -> None:
+    """The demo's synthetic rows at `raw` (remote: written locally, then copied)."""
+    from preprocessing import synthetic
+
+    if not fileio.is_remote(raw):
+        synthetic.generate(str(raw), rows, seed)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=".autodim-demo-") as tmp:
+        local = Path(tmp) / "synthetic.tsv"
+        synthetic.generate(str(local), rows, seed)
+        fileio.copy_file(local, raw)
+        fileio.copy_file(str(local) + ".truth.json", truth_path)  # last: marks the rows done
 
 
 def _writes_outputs() -> bool:
@@ -185,7 +201,7 @@ def _tuned_autodim(args, data: Path, work: Path, cfg, preset: str, costs, tolera
                                 quiet=args.quiet, preset=preset, embeddings=embeddings)
     print(format_selection(selection))
     chosen = selection["candidates"][selection["chosen"]]
-    search_dir, auto_dir = Path(chosen["search_dir"]), Path(chosen["retrain_dir"])
+    search_dir, auto_dir = fileio.path(chosen["search_dir"]), fileio.path(chosen["retrain_dir"])
     dims = json.loads((search_dir / "dims.json").read_text(encoding="utf-8"))
     auto = json.loads((auto_dir / "metrics.json").read_text(encoding="utf-8"))
     return {"dims": dims, "metrics": auto, "retrain_dir": auto_dir, "selection": selection}
@@ -197,7 +213,7 @@ def _export(args, work: Path, schema, auto_dir: Path) -> Path:
 
     name = "demo" if args.demo else schema.dataset
     latest = _latest_export(work / "exports" / name)
-    if latest is not None and _exported_from(latest) == str(auto_dir.resolve()):
+    if latest is not None and _exported_from(latest) == fileio.absolute(auto_dir):
         return latest  # a rerun: the model was exported already
     # first run, or --param_costs chose another model: a new version
     print(f"[5/5] exporting the AutoDim model -> {work / 'exports'}")
@@ -207,7 +223,7 @@ def _export(args, work: Path, schema, auto_dir: Path) -> Path:
 def _read_truth(path: str) -> dict:
     """--truth: the planted ground truth `preprocessing.synthetic` wrote beside its rows."""
     try:
-        truth = json.loads(Path(path).read_text(encoding="utf-8"))
+        truth = json.loads(fileio.path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"--truth {path}: cannot be read ({e.strerror or e})") from None
     except ValueError as e:

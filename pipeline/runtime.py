@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import copy
 import gc
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from configs import fileio
 from configs.cli import atomic_output
 from configs.loader import ConfigError
 from pipeline import input as input_lib
@@ -24,22 +26,47 @@ from pipeline import input as input_lib
 CONFIG_FILE = "config.json"
 
 
-def atomic_write_json(path: str | Path, data: Any) -> Path:
+def atomic_write_json(path: str | Path, data: Any) -> Path | fileio.RemotePath:
     """Writes JSON so a reader never sees a half-written file (configs.cli.atomic_output,
-    replacing an earlier version of the file; the mode follows the umask)."""
-    path = Path(path)
+    replacing an earlier version of the file; the mode follows the umask). A remote path is
+    written under a temporary name and renamed over the file (fileio.write_atomic: not atomic
+    on an object store, but never partial)."""
+    path = fileio.path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(path, fileio.RemotePath):
+        return fileio.write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     with atomic_output(path, "w", replace=True, encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, sort_keys=True)
         fh.write("\n")
     return path
 
 
+def save_npz(path, **arrays):
+    """np.savez_compressed to a local or remote path (remote: built in memory, then written)."""
+    path = fileio.path(path)
+    if isinstance(path, Path):
+        np.savez_compressed(path, **arrays)
+        return path
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def load_npz(path):
+    """np.load of an .npz file at a local or remote path (use it as a context manager)."""
+    path = fileio.path(path)
+    if isinstance(path, Path):
+        return np.load(path)
+    return np.load(io.BytesIO(path.read_bytes()))
+
+
 # ------------------------------------------------------------------ workers of a cluster
 class _Worker:
     """This process's role in a multi-worker run (pipeline.strategy): the chief writes the run's
     directories; any other worker writes under `temp_root`, a directory of its own that mirrors
-    the absolute paths of the run's directories and is removed when the process ends."""
+    the absolute paths of the run's directories (a remote `scheme://rest` as
+    `temp_root/REMOTE_MIRROR/scheme/rest`) and is removed when the process ends."""
 
     chief: bool = True
     index: int = 0
@@ -47,6 +74,7 @@ class _Worker:
 
 
 _WORKER = _Worker()
+REMOTE_MIRROR = "_remote"  # where a non-chief worker mirrors a remote run directory
 
 
 def set_worker(chief: bool, index: int) -> None:
@@ -74,28 +102,36 @@ def worker_temp_root() -> Path | None:
     return _WORKER.temp_root
 
 
-def output_dir(path: str | Path) -> Path:
+def output_dir(path: str | Path) -> Path | fileio.RemotePath:
     """Where this process writes what belongs at `path`: `path` itself for the chief; for any
     other worker the same absolute path under its temporary directory (so a subdirectory of a
-    run's directory maps to the same subdirectory of the mapped one)."""
-    path = Path(path)
+    run's directory maps to the same subdirectory of the mapped one; a remote path maps to a
+    local one, `temp_root/REMOTE_MIRROR/scheme/rest`)."""
+    path = fileio.path(path)
     if _WORKER.temp_root is None:
         return path
+    if isinstance(path, fileio.RemotePath):
+        scheme, rest = str(path).split("://", 1)
+        return _WORKER.temp_root / REMOTE_MIRROR / scheme / rest.strip("/")
     absolute = path.resolve()
     if absolute.is_relative_to(_WORKER.temp_root):
         return absolute
     return _WORKER.temp_root / absolute.relative_to(absolute.anchor)
 
 
-def shared_dir(path: str | Path) -> Path:
+def shared_dir(path: str | Path) -> Path | fileio.RemotePath:
     """The run's (the chief's) path of `path`, which may be an `output_dir`: what every worker
     reads when it resumes (checkpoints, the best weights of an earlier process, finished
     results)."""
-    path = Path(path)
+    path = fileio.path(path)
     root = _WORKER.temp_root
-    if root is None:
+    if root is None or isinstance(path, fileio.RemotePath):
         return path
     absolute = path.resolve()
+    if absolute.is_relative_to(root / REMOTE_MIRROR):
+        parts = absolute.relative_to(root / REMOTE_MIRROR).parts
+        if parts:
+            return fileio.path(f"{parts[0]}://" + "/".join(parts[1:]))
     if absolute.is_relative_to(root):
         return Path(absolute.anchor) / absolute.relative_to(root)
     return path
@@ -109,7 +145,7 @@ def prepare_model_dir(model_dir: str | Path, record: dict, rehash=None) -> Path:
     the config names the settings that differ ("search.learning_rate: 0.001 -> 0.01", from the
     stored config.json's "config" and the new one); with `rehash`, only those that enter the hash
     (config_differences)."""
-    model_dir = Path(model_dir)
+    model_dir = fileio.path(model_dir)
     if not is_chief():  # checks the chief's run as the chief does; writes its own copy
         check_model_dir(model_dir, record, rehash)
         mine = output_dir(model_dir)
@@ -125,7 +161,7 @@ def prepare_model_dir(model_dir: str | Path, record: dict, rehash=None) -> Path:
 def check_model_dir(model_dir: str | Path, record: dict, rehash=None) -> None:
     """prepare_model_dir's refusal, without writing anything: ConfigError when model_dir's
     config.json records another run."""
-    model_dir = Path(model_dir)
+    model_dir = fileio.path(model_dir)
     path = model_dir / CONFIG_FILE
     if path.exists():
         try:
@@ -476,17 +512,20 @@ def save_keras_model(model, path: str | Path) -> Path:
     streamed into the zip, as Keras does when memory is short. This follows
     `keras.src.saving.saving_lib._save_model_to_fileobj` of the pinned Keras (3.15.1); the
     functions it uses are Keras-internal, and `tests/test_retrain.py` loads what it writes.
-    Written beside `path` and renamed, so a reader never sees half a model."""
+    Written beside `path` and renamed, so a reader never sees half a model. A remote `path`:
+    staged in a local temporary directory, then copied to a temporary name beside `path` and
+    renamed (fileio.write_atomic's guarantee)."""
     from keras.src.saving import saving_lib as lib
 
     class ViewingH5Store(lib.H5IOStore):
         def __setitem__(self, key, value):
             super().__setitem__(key, _TensorView(value))
 
-    path = Path(path)
+    path = fileio.path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remote = isinstance(path, fileio.RemotePath)
     config_json, metadata_json = lib._serialize_model_as_json(model)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".save-") as tmp:
+    with tempfile.TemporaryDirectory(dir=None if remote else path.parent, prefix=".save-") as tmp:
         weights_path = Path(tmp) / lib._VARS_FNAME_H5
         staged = Path(tmp) / path.name
         with zipfile.ZipFile(staged, "w") as archive:
@@ -503,7 +542,11 @@ def save_keras_model(model, path: str | Path) -> Path:
                 if assets is not None:
                     assets.close()
             archive.write(weights_path, lib._VARS_FNAME_H5)
-        os.replace(staged, path)
+        if remote:
+            weights_path.unlink()
+            fileio.put_file(staged, path)
+        else:
+            os.replace(staged, path)
     return path
 
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
+from configs import fileio
 from configs.cli import StrictArgumentParser, run_main
 from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, run_hash
 from configs.features import DataSchema
@@ -98,7 +98,7 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
     report.check()
     record = {"kind": "search", "preset": preset, "config": to_dict(cfg),
               "config_hash": run_hash(cfg), "schema_hash": schema.schema_hash,
-              "data_dir": str(Path(data_dir).resolve())}
+              "data_dir": fileio.absolute(data_dir)}
     # the stored config is re-hashed (and its differing keys named) with the same run_hash
     model_dir = runtime.prepare_model_dir(model_dir, record, rehash=run_hash)
     task = SearchTask(strategy, data_dir, schema, cfg, search_schedule(cfg, schema.splits["train"]),

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from configs import fileio
 from pipeline import runtime, summaries
 from pipeline.controller import CallResult, Controller, EvalLogs, Hook, LoopSettings, Task
 from pipeline.trainer import (
@@ -178,7 +179,7 @@ class Derivation(Hook):
     metrics and `dims.json` (`result` holds its contents)."""
 
     def __init__(self, task: SearchTask, model_dir: str | Path):
-        self.task, self.model_dir = task, Path(model_dir)
+        self.task, self.model_dir = task, fileio.path(model_dir)
         self.result: dict | None = None
 
     def final_metrics(self, ctl: Controller) -> dict:

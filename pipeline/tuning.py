@@ -32,6 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
+from configs import fileio
 from configs.experiment import SEARCH_EMBEDDINGS, ExperimentConfig
 from configs.loader import ConfigError, merge
 
@@ -142,16 +143,18 @@ def valid_predictions(retrain_dir: str | Path, data_dir: str) -> tuple[np.ndarra
     recomputed once from its model.keras and saved."""
     from pipeline.retrain import VALID_PREDICTIONS_FILE
 
-    path = Path(retrain_dir) / VALID_PREDICTIONS_FILE
+    path = fileio.path(retrain_dir) / VALID_PREDICTIONS_FILE
     if not path.exists():
         from configs.features import DataSchema
         from pipeline.export import load_keras_model
         from pipeline.retrain import save_valid_predictions
 
         schema = DataSchema.load(data_dir)
-        save_valid_predictions(load_keras_model(Path(retrain_dir)), data_dir, schema,
-                               Path(retrain_dir), 4096)
-    with np.load(path) as z:
+        save_valid_predictions(load_keras_model(fileio.path(retrain_dir)), data_dir, schema,
+                               fileio.path(retrain_dir), 4096)
+    from pipeline.runtime import load_npz
+
+    with load_npz(path) as z:
         return z["labels"], z["probabilities"]
 
 
@@ -167,7 +170,7 @@ def tune_param_cost(data_dir: str, workdir: str | Path, cfg: ExperimentConfig,
     from pipeline.runtime import atomic_write_json
     from pipeline.search import run_search
 
-    work = Path(workdir)
+    work = fileio.path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     records = []
     grid = [(name, cost) for name in (embeddings or (None,)) for cost in costs]
