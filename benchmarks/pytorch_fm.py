@@ -305,14 +305,6 @@ def export_batches(strategy, data_dir, schema, batch: int, count: int, path: Pat
     return count
 
 
-def preprocess_movielens(raw_dir: Path, out_dir: Path) -> None:
-    cmd = [sys.executable, "-m", "preprocessing.run", "--dataset", "movielens-100k",
-           "--input", str(raw_dir), "--data_dir", str(out_dir)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-
-
 def set_threads(threads: int) -> None:
     """TensorFlow's intra- and inter-op pools (before any TensorFlow op runs)."""
     import tensorflow as tf
@@ -442,6 +434,7 @@ def main(argv=None) -> int:
     set_threads(args.threads)
     import tensorflow as tf
 
+    from benchmarks.search_step import preprocess_movielens
     from configs.features import DataSchema
     from pipeline.strategy import make_strategy
 

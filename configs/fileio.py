@@ -355,7 +355,7 @@ def write_atomic(target, data: bytes | str) -> "Path | RemotePath":
     `target` renamed over it (configs.cli.atomic_output); remotely a temporary name renamed over
     it, which on an object store is a copy and a delete, not atomic (a reader never sees a
     partial file, but may briefly see none)."""
-    from configs.cli import TEMP_INFIX, atomic_output
+    from configs.cli import atomic_output
 
     target = path(target)
     blob = data.encode("utf-8") if isinstance(data, str) else data
@@ -363,34 +363,33 @@ def write_atomic(target, data: bytes | str) -> "Path | RemotePath":
         with atomic_output(target, "wb", replace=True) as fh:
             fh.write(blob)
         return target
+    _via_temporary(target, lambda tmp: tmp.write_bytes(blob))
+    return target
+
+
+def _via_temporary(target, write) -> None:
+    """`write(tmp)` to a temporary name beside the remote `target`, then renamed over it; the
+    temporary is removed if either step fails."""
+    from configs.cli import TEMP_INFIX
+
     tmp = target.with_name(f".{target.name}{TEMP_INFIX}{os.urandom(4).hex()}")
-    tmp.write_bytes(blob)
     try:
+        write(tmp)
         tmp.rename(target)
     except BaseException:
         with contextlib.suppress(Exception):
             tmp.unlink(missing_ok=True)
         raise
-    return target
 
 
 def put_file(local: Path, target) -> None:
     """Copies the finished local file `local` to `target`: a remote target through a temporary
     name beside it renamed over it (write_atomic's guarantee), a local one by os.replace."""
-    from configs.cli import TEMP_INFIX
-
     target = path(target)
     if isinstance(target, Path):
         os.replace(local, target)
         return
-    tmp = target.with_name(f".{target.name}{TEMP_INFIX}{os.urandom(4).hex()}")
-    copy_file(local, tmp)
-    try:
-        tmp.rename(target)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            tmp.unlink(missing_ok=True)
-        raise
+    _via_temporary(target, lambda tmp: copy_file(local, tmp))
 
 
 def glob(pattern: str) -> list[str]:

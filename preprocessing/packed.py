@@ -454,6 +454,14 @@ class PackedReader:
     def pack(self, raws: Sequence[bytes]) -> np.ndarray | None:
         return pack_lines(raws, self._width, self._sep)
 
+    def pack_labelled(self, raws: Sequence[bytes]):
+        """(keys, labels(keys)) of the lines, or None when `pack` or `labels` gives None."""
+        keys = self.pack(raws)
+        if keys is None:
+            return None
+        labels = self.labels(keys)
+        return None if labels is None else (keys, labels)
+
     def labels(self, keys: np.ndarray) -> tuple[list[float], np.ndarray, list[float]] | None:
         """(the rows' labels, the position of each row's label in `label_values`, which is
         returned third), or None when one is not a label as written."""
@@ -475,12 +483,10 @@ class PackedReader:
         return code
 
     def __call__(self, raws: Sequence[bytes]) -> KeyChunk | None:
-        keys = self.pack(raws)
-        if keys is None:
+        packed = self.pack_labelled(raws)
+        if packed is None:
             return None
-        labels = self.labels(keys)
-        if labels is None:
-            return None
+        keys, labels = packed
         try:
             codes = self._cache(keys[:, self._numeric_columns])
         except ValueError:  # not a number
@@ -552,14 +558,10 @@ class PackedEncoder:
                ) -> dict[int, tuple[list[bytes], list[float]]] | None:
         """{split: (its lines' examples, their labels)} for the splits present (`splits`: each
         line's), or None."""
-        reader = self._reader
-        keys = reader.pack(raws)
-        if keys is None:
+        packed = self._reader.pack_labelled(raws)
+        if packed is None:
             return None
-        read = reader.labels(keys)
-        if read is None:
-            return None
-        labels, label_of_row, distinct_labels = read
+        keys, (labels, label_of_row, distinct_labels) = packed
         n, m = len(labels), len(self._columns)
         at = np.empty((n, m + 1), dtype=np.int64)  # entry positions: fields (spec order), label
         try:
