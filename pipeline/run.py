@@ -47,7 +47,7 @@ def run(args) -> dict:
     costs, embeddings, tolerance = _tuning_options(args)  # checked before anything runs
     work = fileio.path(args.workdir)
     strategy = _cluster_strategy(args, work, costs)
-    data, truth = _prepare_data(args, work)
+    data, truth = _prepare_data(args, work, writes=strategy is None or _is_chief())
     schema = DataSchema.load(data)
     if truth is not None and sorted(f["name"] for f in truth["fields"]) != sorted(
             schema.field_names):
@@ -108,7 +108,7 @@ def _cluster_strategy(args, work: Path, costs):
     return make_cli_strategy(0, "multi_worker")
 
 
-def _prepare_data(args, work: Path) -> tuple[Path, dict | None]:
+def _prepare_data(args, work: Path, writes: bool = True) -> tuple[Path, dict | None]:
     """WORKDIR/data (the demo's synthetic rows written and the Beam job run unless done) and,
     for --demo, the planted truth."""
     data = work / "data"
@@ -120,7 +120,7 @@ def _prepare_data(args, work: Path) -> tuple[Path, dict | None]:
                           "truth of the rows it writes")
     truth = _read_truth(args.truth) if args.truth else None
     work.mkdir(parents=True, exist_ok=True)
-    if args.demo and _writes_outputs():
+    if args.demo and writes:  # a multi-worker run's other workers write nothing here
 
         raw = work / "raw" / "synthetic.tsv"
         truth_path = fileio.path(str(raw) + ".truth.json")
@@ -160,11 +160,7 @@ def _generate(raw, truth_path, rows: int, seed: int) -> None:
         fileio.copy_file(str(local) + ".truth.json", truth_path)  # last: marks the rows done
 
 
-def _writes_outputs() -> bool:
-    """False for a multi-worker run's workers other than the chief (no pipeline.runtime import,
-    hence no TensorFlow, before it is needed)."""
-    if "pipeline.runtime" not in sys.modules:
-        return True
+def _is_chief() -> bool:
     from pipeline import runtime
 
     return runtime.is_chief()
