@@ -162,10 +162,14 @@ class Controller:
             state.update(hook.trackables())
         # a multi-worker run's other workers save to their own directory (runtime.output_dir)
         # and resume from the chief's checkpoints
+        # the training time of the processes before this one, saved with each checkpoint
+        self._seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.checkpointer = runtime.Checkpointer(
             self.model_dir / "ckpt", settings.keep_checkpoints,
-            restore_from=runtime.shared_dir(self.model_dir / "ckpt"), **state)
+            restore_from=runtime.shared_dir(self.model_dir / "ckpt"),
+            optional={"train_seconds": self._seconds}, **state)
         self.resumed = self.checkpointer.restore_latest()
+        self.earlier_seconds = float(self._seconds.numpy())
         self.step = int(task.step.numpy())
         self.progress = Progress(settings.total_steps, quiet=quiet)
         self.log(task.describe(self.step, self.resumed))
@@ -176,7 +180,9 @@ class Controller:
             summaries.write_hparams(self.writers[summaries.HPARAMS_RUN], task.hparams())
         self.last_logs: EvalLogs | None = None
         self.trained_steps = 0  # in this process (a resumed run counts from its restart)
-        self.train_seconds = 0.0
+        self.process_seconds = 0.0  # training time in this process
+        self.train_seconds = self.earlier_seconds  # ... and in every process of the run
+        self._started = time.monotonic()
         for hook in self.hooks:
             hook.begin(self)
 
@@ -189,10 +195,11 @@ class Controller:
         unregistered, so the run's graphs, and the variables they captured, can be freed once
         its objects are dropped."""
         try:
-            started = time.monotonic()
+            self._started = time.monotonic()
             self.train()
             self.progress.close()
-            self.train_seconds = time.monotonic() - started
+            self.process_seconds = time.monotonic() - self._started
+            self.train_seconds = self.earlier_seconds + self.process_seconds
             self.release_training()
             for hook in self.hooks:
                 hook.end(self)
@@ -248,6 +255,7 @@ class Controller:
             if _crossed(prev, step, s.eval_every) or last:
                 self.evaluate(step, rate)
             if _crossed(prev, step, s.checkpoint_every) or last or self._stopping():
+                self._seconds.assign(self.earlier_seconds + time.monotonic() - self._started)
                 self.checkpointer.save(step)
 
     def evaluate(self, step: int, examples_per_second: float) -> EvalLogs:

@@ -149,7 +149,7 @@ class TestScoring(Hook):
             best_valid_logloss = numpy_logloss(valid["labels"], valid["probabilities"])
         runtime.save_keras_model(task.model, d / MODEL_FILE)
         runtime.atomic_write_json(d / SPEC_FILE, task.spec)
-        seconds = ctl.train_seconds
+        seconds = ctl.train_seconds  # every process of the run (a resumed one too)
         return {
             "dataset": task.schema.dataset, "schema_hash": task.schema.schema_hash,
             "backbone": task.cfg.model.backbone, "dims_source": task.dims["source"],
@@ -161,7 +161,7 @@ class TestScoring(Hook):
             "params": int(task.report["embedding"]), "parameter_report": task.report,
             "steps": ctl.step, "stopped_early": self.early_stopping.stopped,
             "train_seconds": seconds,
-            "examples_per_second": ctl.trained_steps * r.batch_size / max(seconds, 1e-9),
+            "examples_per_second": _examples_per_second(ctl, r.batch_size),
         }
 
     def end(self, ctl: Controller) -> None:
@@ -184,3 +184,11 @@ class TestScoring(Hook):
         ctl.log(f"test auc {metrics['test_auc']:.4f} logloss {metrics['test_logloss']:.4f} "
                 f"params {metrics['params']:,} -> {path}")
         self.result = metrics
+
+
+def _examples_per_second(ctl: Controller, batch_size: int) -> float:
+    """This process's training rate; a run resumed after its last step trained nothing here:
+    the rate of the whole run (its steps over the training time its checkpoints recorded)."""
+    if ctl.trained_steps:
+        return ctl.trained_steps * batch_size / max(ctl.process_seconds, 1e-9)
+    return ctl.step * batch_size / ctl.train_seconds if ctl.train_seconds > 0 else 0.0

@@ -423,15 +423,19 @@ class Checkpointer:
     (`model_state`, `OptimizerState`)."""
 
     def __init__(self, directory: str | Path, max_to_keep: int, *,
-                 restore_from: str | Path | None = None, **objects):
+                 restore_from: str | Path | None = None, optional: dict | None = None,
+                 **objects):
         """Saves to `directory`; restores the latest checkpoint of `restore_from` (default:
-        `directory`; a multi-worker run's other workers restore the chief's)."""
+        `directory`; a multi-worker run's other workers restore the chief's). `optional`
+        objects are saved too but restored only where the checkpoint has them (bookkeeping
+        that checkpoints of earlier versions lack), the others strictly."""
         self.directory = str(directory)
         self.restore_from = str(restore_from or directory)
         if "model" in objects:
             objects["model"] = model_state(objects["model"])
         self.objects = {name: _checkpointed(value) for name, value in objects.items()}
-        self.checkpoint = tf.train.Checkpoint(**self.objects)
+        self.optional = dict(optional or {})
+        self.checkpoint = tf.train.Checkpoint(**self.objects, **self.optional)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory,
                                                   max_to_keep=max_to_keep)
 
@@ -443,6 +447,8 @@ class Checkpointer:
             latest = tf.train.latest_checkpoint(self.restore_from)
         if latest:
             restore_in_pieces(self.objects, latest)
+            if self.optional:
+                tf.train.Checkpoint(**self.optional).read(latest).expect_partial()
         return latest
 
     def save(self, step: int) -> str:
@@ -453,7 +459,7 @@ class Checkpointer:
     def close(self) -> None:
         """Drops the references to what it checkpoints (the optimizers among them), so that their
         memory can be freed once training is over; `save` then raises."""
-        self.objects = self.checkpoint = self.manager = None
+        self.objects = self.optional = self.checkpoint = self.manager = None
 
 
 # ------------------------------------------------------------------ releasing traced graphs

@@ -193,3 +193,53 @@ def test_a_resumed_run_continues_from_the_checkpoint_without_a_second_session(tm
                 if v.tag == hp_metadata.SESSION_START_INFO_TAG]
     assert len(sessions) == 1
     np.testing.assert_equal(_saved_steps(tmp_path), [5, 10, 15, 20])
+
+
+class SlowTask(ScriptedTask):
+    """ScriptedTask whose calls take `seconds` of wall time each."""
+
+    def __init__(self, seconds, **kw):
+        super().__init__(**kw)
+        self.seconds = seconds
+
+    def train(self, step, budget):
+        import time
+
+        time.sleep(self.seconds)
+        return super().train(step, budget)
+
+
+def test_the_training_time_of_a_resumed_run_counts_every_process(tmp_path):
+    first = SlowTask(0.05, nan_at=13)  # 3 calls (steps 0-12), the checkpoint at step 10
+    with pytest.raises(NonFiniteLossError):
+        Controller(first, tmp_path, _settings(), quiet=True).run()
+    ctl = Controller(SlowTask(0.05), tmp_path, _settings(), quiet=True)
+    assert 0.1 <= ctl.earlier_seconds < 5  # the time up to the checkpoint at step 10
+    ctl.run()
+    assert ctl.trained_steps == 10 and 0.1 <= ctl.process_seconds < 5
+    assert ctl.train_seconds == pytest.approx(ctl.earlier_seconds + ctl.process_seconds)
+    # a run resumed after its last step trains nothing and keeps the recorded time
+    done = Controller(ScriptedTask(), tmp_path, _settings(), quiet=True)
+    done.run()
+    # (the time its last checkpoint recorded, before the run's last evaluation and hooks)
+    assert done.trained_steps == 0
+    assert ctl.earlier_seconds + 0.1 <= done.train_seconds <= ctl.train_seconds
+
+
+def test_a_checkpoint_without_the_training_time_still_restores(tmp_path):
+    import tensorflow as tf
+
+    task = ScriptedTask()
+    task.step_var.assign(10)
+    task.model.layers[0].kernel.assign([[10.0]])
+    from pipeline.runtime import model_state
+
+    # what an earlier version saved: the task's state only
+    tf.train.Checkpoint(model=model_state(task.model), step=task.step_var).write(
+        str(tmp_path / "ckpt" / "ckpt-10"))
+    (tmp_path / "ckpt" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-10"\nall_model_checkpoint_paths: "ckpt-10"\n')
+    again = ScriptedTask()
+    ctl = Controller(again, tmp_path, _settings(), quiet=True)
+    assert ctl.resumed.endswith("ckpt-10") and ctl.earlier_seconds == 0.0
+    assert float(again.model.layers[0].kernel.numpy()[0, 0]) == 10.0
