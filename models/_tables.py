@@ -8,10 +8,20 @@ row-sparse optimizer relies on that).
 
 `FieldTables` is a plain helper (not a layer): the owning layer calls `create` from its `build`, so
 the variables belong to (and are saved with) the layer.
+
+Under a `tf.distribute.ParameterServerStrategy` the tables are plain `tf.Variable`s instead of Keras
+weights (`plain`): the strategy's variable partitioner, asked only inside `sharding_tables()`
+(`table_partitioner`), splits each table by rows over the parameter servers (a `ShardedVariable`),
+rows are read with `tf.nn.embedding_lookup` (which knows a ShardedVariable's row order) and
+`variables` lists the shards, each updated by the row-sparse optimizer. Keras variables cannot
+hold a ShardedVariable (docs/DESIGN.md, "Tables sharded over parameter servers"). The layer keeps
+them in `_plain_tables`, outside its Keras weights: `plain_tables(model)` finds them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 from typing import Sequence
 
 import keras
@@ -61,10 +71,15 @@ class FieldTables:
         )
         self.tables: list[keras.Variable] = []
 
+    plain: bool = False  # plain tf.Variables (a parameter-server run), set by `create`
+
     def create(
         self, layer: keras.layers.Layer, initializer, name: str = "embeddings"
-    ) -> list[keras.Variable]:
-        """Adds one variable per group to `layer` (call from the layer's `build`)."""
+    ) -> list:
+        """Adds one variable per group to `layer` (call from the layer's `build`): Keras weights,
+        or under a ParameterServerStrategy plain tf.Variables sharded by rows (`plain`)."""
+        if _parameter_server_scope():
+            return self._create_plain(layer, initializer, name)
         self.tables = [
             layer.add_weight(
                 name=name if len(self.groups) == 1 else f"{name}_w{g.width}",
@@ -75,6 +90,36 @@ class FieldTables:
             for g in self.groups
         ]
         return self.tables
+
+    def _create_plain(self, layer, initializer, name):
+        initializer = keras.initializers.get(initializer)
+        self.plain = True
+        tables = []
+        with sharding_tables():
+            for g in self.groups:
+                shape = (g.rows, g.width)
+                tables.append(tf.Variable(
+                    initial_value=_per_shard_initial_value(initializer, shape),
+                    shape=shape, dtype=tf.float32, trainable=True,
+                    name=name if len(self.groups) == 1 else f"{name}_w{g.width}"))
+        self.tables = tables
+        # outside Keras's tracking (a tuple of tf.Variables is not a Keras weight)
+        layer._plain_tables = tuple(tables)
+        return tables
+
+    @property
+    def variables(self) -> list:
+        """What the row-sparse optimizer updates: the tables, or each table's shards."""
+        if not self.plain:
+            return list(self.tables)
+        return [shard for table in self.tables for shard in _shards(table)]
+
+    def _gather(self, table, ids: tf.Tensor) -> tf.Tensor:
+        if self.plain:  # a ShardedVariable: embedding_lookup follows its row partition
+            return tf.nn.embedding_lookup(table, ids)
+        # `table.value` (the tf.Variable) makes this a sparse resource gather; gathering from
+        # the Keras variable would read (and, after sparse writes, copy) the whole table.
+        return tf.gather(table.value, ids)
 
     def check_ids(self, ids: tf.Tensor) -> tf.Tensor:
         """Casts ids to the index dtype and fails loudly on an id outside [0, vocab_size).
@@ -118,9 +163,7 @@ class FieldTables:
             if any(group.offsets):
                 offsets = tf.constant(group.offsets, dtype=self.index_dtype)
                 group_ids = group_ids + (offsets[:, None] if field_major else offsets)
-            # `table.value` (the tf.Variable) makes this a sparse resource gather; gathering from
-            # the Keras variable would read (and, after sparse writes, copy) the whole table.
-            out.append(tf.gather(table.value, group_ids))
+            out.append(self._gather(table, group_ids))
         return out
 
     def lookup_fields(self, ids: tf.Tensor) -> list[tf.Tensor]:
@@ -136,7 +179,7 @@ class FieldTables:
         for m, (gi, j) in enumerate(self.slots):
             offset = self.groups[gi].offsets[j]
             field_ids = columns[m] + offset if offset else columns[m]
-            out.append(tf.gather(self.tables[gi].value, field_ids))
+            out.append(self._gather(self.tables[gi], field_ids))
         return out
 
     def merge(self, parts: Sequence[tf.Tensor], field_major: bool = False) -> tf.Tensor:
@@ -156,3 +199,78 @@ class FieldTables:
             for g, p in zip(self.groups, self.lookup(ids, field_major))
         ]
         return self.merge(parts, field_major)
+
+
+# ------------------------------------------------------------------ parameter-server tables
+_SHARDING = threading.local()
+
+
+@contextlib.contextmanager
+def sharding_tables():
+    """While active (a table's creation), `table_partitioner` partitions; elsewhere it does not."""
+    previous = getattr(_SHARDING, "on", False)
+    _SHARDING.on = True
+    try:
+        yield
+    finally:
+        _SHARDING.on = previous
+
+
+def table_partitioner(partitioner):
+    """A ParameterServerStrategy `variable_partitioner` that applies `partitioner` (e.g.
+    `tf.distribute.experimental.partitioners.FixedShardsPartitioner`) to the embedding tables only
+    and leaves every other variable whole: the strategy asks its partitioner about every variable
+    created in its scope, and a Keras weight (a Dense kernel, an optimizer slot) must not become
+    a ShardedVariable (Keras reads `.handle`, which a ShardedVariable lacks)."""
+
+    def partition(shape, dtype):
+        if getattr(_SHARDING, "on", False):
+            return partitioner(shape, dtype)
+        return [1] * len(shape)
+
+    return partition
+
+
+def _parameter_server_scope() -> bool:
+    if not tf.distribute.has_strategy():
+        return False
+    return isinstance(tf.distribute.get_strategy(),
+                      tf.distribute.experimental.ParameterServerStrategy)
+
+
+def _shards(table) -> list:
+    return list(table.variables) if hasattr(table, "variables") else [table]
+
+
+def _per_shard_initial_value(initializer, shape):
+    """A tf.Variable initial value that ParameterServerStrategy calls per shard (with its
+    `shard_info`), so each shard is initialised on its parameter server at its own shape: no
+    process ever holds the whole table. A Keras initializer seeded with an int (an unseeded one
+    picks an int once) draws the same numbers at every call, so each shard's draw is seeded by
+    its first row (`_shard_initializer`): equal-sized shards would otherwise start equal."""
+
+    def initial_value(shard_info=None):
+        if shard_info is None:
+            return initializer(shape, dtype="float32")
+        shard = _shard_initializer(initializer, int(shard_info.offset[0]))
+        return shard(tuple(shard_info.shape), dtype="float32")
+
+    return initial_value
+
+
+def _shard_initializer(initializer, first_row: int):
+    seed = getattr(initializer, "seed", None)
+    if not isinstance(seed, int) or isinstance(seed, bool) or first_row == 0:
+        return initializer  # no seed (constants), or a SeedGenerator: new numbers per call
+    config = initializer.get_config()
+    config["seed"] = (seed + 1_000_003 * first_row) % (2**31 - 1)
+    return type(initializer).from_config(config)
+
+
+def plain_tables(model) -> list:
+    """The plain tf.Variable tables (ShardedVariables) of a model's layers, in layer order; empty
+    for a model with Keras-weight tables."""
+    out = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        out.extend(getattr(layer, "_plain_tables", ()))
+    return out

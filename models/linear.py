@@ -29,7 +29,7 @@ class FirstOrder(keras.layers.Layer):
 
     @property
     def embedding_variables(self) -> list:
-        return list(self._tables.tables)
+        return self._tables.variables
 
     def call(self, ids):
         ids = self._tables.check_ids(ids)

@@ -93,7 +93,7 @@ class MixedDimEmbedding(keras.layers.Layer):
 
     @property
     def embedding_variables(self) -> list:
-        return list(self._tables.tables)
+        return self._tables.variables
 
     @property
     def arch_variables(self) -> list:

@@ -218,7 +218,7 @@ class AutoDimEmbedding(keras.layers.Layer):
     @property
     def embedding_variables(self) -> list:
         """The big row-sparse tables (for the row-sparse optimizer)."""
-        return list(self._tables.tables)
+        return self._tables.variables
 
     @property
     def arch_variables(self) -> list:

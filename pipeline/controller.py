@@ -162,17 +162,24 @@ class Controller:
             state.update(hook.trackables())
         # a multi-worker run's other workers save to their own directory (runtime.output_dir)
         # and resume from the chief's checkpoints
+        from pipeline import parameter_server
+
+        strategy = getattr(task, "strategy", None)
+        layout = (parameter_server.layout(strategy, task.runner.model)
+                  if parameter_server.is_parameter_server(strategy) else None)
         # the training time of the processes before this one, saved with each checkpoint
         self._seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.checkpointer = runtime.Checkpointer(
             self.model_dir / "ckpt", settings.keep_checkpoints,
-            restore_from=runtime.shared_dir(self.model_dir / "ckpt"),
+            restore_from=runtime.shared_dir(self.model_dir / "ckpt"), layout=layout,
             optional={"train_seconds": self._seconds}, **state)
         self.resumed = self.checkpointer.restore_latest()
         self.earlier_seconds = float(self._seconds.numpy())
         self.step = int(task.step.numpy())
         self.progress = Progress(settings.total_steps, quiet=quiet)
         self.log(task.describe(self.step, self.resumed))
+        if layout is not None:
+            self.log(parameter_server.format_layout(layout))
         task.start(self.step)
         self.writers = {k: tf.summary.create_file_writer(str(self.model_dir / k))
                         for k in ("train", "valid", summaries.HPARAMS_RUN)}

@@ -28,12 +28,16 @@ def add_experiment_flags(parser: StrictArgumentParser) -> None:
 
 
 def add_strategy_flag(parser: StrictArgumentParser) -> None:
-    """--strategy auto|multi_worker."""
-    parser.add_argument("--strategy", choices=("auto", "multi_worker"), default="auto",
+    """--strategy auto|multi_worker|parameter_server."""
+    parser.add_argument("--strategy", choices=("auto", "multi_worker", "parameter_server"),
+                        default="auto",
                         help="auto: every GPU of this machine mirrored (else the CPU); "
                              "multi_worker: MultiWorkerMirroredStrategy over the cluster in "
                              "TF_CONFIG, every worker running the same command (the chief "
-                             "writes the outputs; docs/DESIGN.md)")
+                             "writes the outputs; docs/DESIGN.md); parameter_server: "
+                             "ParameterServerStrategy over TF_CONFIG's chief, ps and worker "
+                             "tasks, the tables sharded over the ps tasks, asynchronous "
+                             "training (search and retrain; BUILD.md)")
 
 
 def add_memory_flags(parser: StrictArgumentParser) -> None:
@@ -53,9 +57,9 @@ def make_cli_strategy(logical_cpus: int, kind: str = "auto"):
     TF op."""
     if logical_cpus < 0 or logical_cpus == 1:
         raise UsageError(f"--logical_cpus must be 0 or >= 2, got {logical_cpus}")
-    if kind == "multi_worker" and logical_cpus:
-        raise UsageError("--logical_cpus and --strategy multi_worker do not combine: a worker "
-                         "mirrors over its own GPUs (or its CPU)")
+    if kind in ("multi_worker", "parameter_server") and logical_cpus:
+        raise UsageError(f"--logical_cpus and --strategy {kind} do not combine: a worker uses "
+                         f"its own GPUs (or its CPU)")
     if logical_cpus == 0 and kind == "auto":
         return None
     from pipeline.strategy import make_strategy

@@ -4,7 +4,7 @@ keep the best of K random draws; the training is `pipeline.retrain_task`'s task 
 
     python -m pipeline.retrain --data_dir DIR --dims SOURCE --model_dir DIR [--backbone NAME]
         [--dim FIELD=D ...] [--trials K] [--config FILE] [--preset NAME] [--set key=value ...]
-        [--logical_cpus K | --strategy multi_worker]
+        [--logical_cpus K | --strategy multi_worker|parameter_server]
 
 SOURCE is a search's dims.json, `fde:D` (every field at D) or `random:SEED` (RaS; `--trials K`
 keeps the best of K draws on validation). `--dim FIELD=D` (repeatable) overrides single fields

@@ -19,6 +19,7 @@ from pipeline.controller import (
     LoopSettings,
     Task,
 )
+from pipeline.parameter_server import dispatch
 from pipeline.trainer import (
     Optimizers,
     StepRunner,
@@ -55,11 +56,17 @@ class RetrainTask(Task):
                      "schema_hash": schema.schema_hash,
                      "data_dir": fileio.absolute(data_dir)}
         keras.utils.set_random_seed(r.seed)
-        with strategy.scope():
+
+        def build():
             model = build_retrain_model(m.backbone, vocab_sizes, dims_list, unify=r.unify,
                                         output_dim=int(output_dim), mlp_input=self.mlp_input,
                                         **runtime.backbone_kwargs(m))
             model(tf.zeros([2, len(vocab_sizes)], tf.int32), training=False)
+            return model
+
+        self._build_model = build
+        with strategy.scope():
+            model = build()
             opts = Optimizers(
                 dense=make_dense_optimizer(r.learning_rate),
                 embedding=make_embedding_optimizer(r.embedding_optimizer, r.learning_rate))
@@ -86,8 +93,19 @@ class RetrainTask(Task):
                                                 "valid", r.batch_size)
 
     def train(self, step: int, budget: int) -> CallResult:
-        return CallResult(budget, self.runner.train(self.train_it, tf.constant(budget, tf.int64)),
-                          "retrain")
+        # dispatch: one call here, or under a ParameterServerStrategy one per worker
+        loss_sum = dispatch(self.strategy, self.runner.train, budget,
+                            lambda n: (self.train_it, tf.constant(n, tf.int64)))
+        return CallResult(budget, loss_sum, "retrain")
+
+    def export_model(self):
+        """The model that is scored on the test split and saved: the trained one, or under a
+        ParameterServerStrategy its local copy with Keras-weight tables (`local_copy`)."""
+        from pipeline import parameter_server
+
+        if not parameter_server.is_parameter_server(self.strategy):
+            return self.model
+        return parameter_server.local_copy(self.model, self._build_model)
 
     def train_scalars(self) -> dict:
         return {"learning_rate/model": self.cfg.retrain.learning_rate}
@@ -141,13 +159,13 @@ class TestScoring(Hook):
         )
 
         task, r, d = self.task, self.task.cfg.retrain, self.model_dir
-        labels, probs = predict_split(task.model, task.data_dir, task.schema, "test", r.batch_size)
+        model = task.export_model()
+        labels, probs = predict_split(model, task.data_dir, task.schema, "test", r.batch_size)
         runtime.save_npz(d / PREDICTIONS_FILE, labels=labels, probabilities=probs)
-        valid_path = save_valid_predictions(task.model, task.data_dir, task.schema, d,
-                                            r.batch_size)
+        valid_path = save_valid_predictions(model, task.data_dir, task.schema, d, r.batch_size)
         with runtime.load_npz(valid_path) as valid:
             best_valid_logloss = numpy_logloss(valid["labels"], valid["probabilities"])
-        runtime.save_keras_model(task.model, d / MODEL_FILE)
+        runtime.save_keras_model(model, d / MODEL_FILE)
         runtime.atomic_write_json(d / SPEC_FILE, task.spec)
         seconds = ctl.train_seconds  # every process of the run (a resumed one too)
         return {

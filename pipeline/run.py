@@ -93,7 +93,15 @@ def _tuning_options(args):
 def _cluster_strategy(args, work: Path, costs):
     """The strategy of `--strategy` (None: the default one), after the checks a multi-worker
     run needs before it waits for its workers: the data preprocessed already (a cluster
-    preprocesses with the Beam job on its own runner), no --param_costs."""
+    preprocesses with the Beam job on its own runner), no --param_costs. `parameter_server` is
+    refused: not wired here (the demo's stages, param-cost sweeps and tuning would each need
+    the cluster's strategy); its search and retraining are pipeline.search and pipeline.retrain
+    run on every task, the export pipeline.export on the retraining's model_dir."""
+    if args.strategy == "parameter_server":
+        raise ConfigError("--strategy parameter_server is available in pipeline.search and "
+                          "pipeline.retrain only: run them on every task of the cluster (the "
+                          "same command, each task's TF_CONFIG), then pipeline.export on the "
+                          "retraining's model_dir (BUILD.md, 'Tables larger than one device')")
     if args.strategy != "multi_worker":
         return None
     if not (work / "data" / SCHEMA_FILE).exists():

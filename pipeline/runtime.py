@@ -270,7 +270,15 @@ def distributed_stream(strategy, data_dir, schema, split: str, global_batch_size
                        shuffle_buffer: int | None = None):
     """An endless, seeded, per-replica-batched stream of `split`, resuming after `skip_batches`
     global batches (the stream is deterministic for a seed, so skipping reproduces the exact
-    position of an interrupted run)."""
+    position of an interrupted run). Under a ParameterServerStrategy: an iterator on every
+    worker (`pipeline.parameter_server.per_worker_stream`: each worker its own unseeded shuffle,
+    so a resume does not skip)."""
+    from pipeline import parameter_server
+
+    if parameter_server.is_parameter_server(strategy):
+        return parameter_server.per_worker_stream(strategy, data_dir, schema, split,
+                                                  global_batch_size,
+                                                  shuffle_buffer=shuffle_buffer)
     kwargs = {}
     if shuffle_buffer is not None:
         kwargs["shuffle_buffer"] = shuffle_buffer
@@ -291,7 +299,12 @@ def distributed_stream(strategy, data_dir, schema, split: str, global_batch_size
 
 
 def distributed_eval(strategy, data_dir, schema, split: str, global_batch_size: int):
-    """One pass over `split` in file order, every record exactly once."""
+    """One pass over `split` in file order, every record exactly once (under a
+    ParameterServerStrategy read and scored on the chief)."""
+    from pipeline import parameter_server
+
+    if parameter_server.is_parameter_server(strategy):
+        return parameter_server.eval_dataset(data_dir, schema, split, global_batch_size)
 
     def dataset_fn(input_context: tf.distribute.InputContext):
         return input_lib.make_dataset(data_dir, schema, split, global_batch_size, shuffle=False,
@@ -313,7 +326,13 @@ def model_state(model) -> tf.train.Checkpoint:
 
 
 def _model_variables(model) -> dict:
-    return {f"v{i:04d}": getattr(v, "value", v) for i, v in enumerate(model.variables)}
+    """model.variables by position, then (a parameter-server run) the tables that are plain
+    tf.Variables outside Keras's weights (`models._tables.plain_tables`), as t00, t01, ..."""
+    from models._tables import plain_tables
+
+    out = {f"v{i:04d}": getattr(v, "value", v) for i, v in enumerate(model.variables)}
+    out.update({f"t{i:02d}": t for i, t in enumerate(plain_tables(model))})
+    return out
 
 
 def restore_model_state(model, prefix: str) -> None:
@@ -423,13 +442,16 @@ class Checkpointer:
     (`model_state`, `OptimizerState`)."""
 
     def __init__(self, directory: str | Path, max_to_keep: int, *,
-                 restore_from: str | Path | None = None, optional: dict | None = None,
-                 **objects):
+                 restore_from: str | Path | None = None, layout: dict | None = None,
+                 optional: dict | None = None, **objects):
         """Saves to `directory`; restores the latest checkpoint of `restore_from` (default:
-        `directory`; a multi-worker run's other workers restore the chief's). `optional`
-        objects are saved too but restored only where the checkpoint has them (bookkeeping
-        that checkpoints of earlier versions lack), the others strictly."""
+        `directory`; a multi-worker run's other workers restore the chief's). `layout`
+        (`pipeline.parameter_server.layout`: tables sharded over N ps tasks) is written beside
+        the checkpoints, and a checkpoint of another layout is refused (ConfigError).
+        `optional` objects are saved too but restored only where the checkpoint has them
+        (bookkeeping that checkpoints of earlier versions lack), the others strictly."""
         self.directory = str(directory)
+        self.layout = layout
         self.restore_from = str(restore_from or directory)
         if "model" in objects:
             objects["model"] = model_state(objects["model"])
@@ -446,6 +468,11 @@ class Checkpointer:
         else:
             latest = tf.train.latest_checkpoint(self.restore_from)
         if latest:
+            from pipeline import parameter_server
+
+            path = fileio.path(self.restore_from) / parameter_server.LAYOUT_FILE
+            stored = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+            parameter_server.check_layout(stored, self.layout, latest)
             restore_in_pieces(self.objects, latest)
             if self.optional:
                 tf.train.Checkpoint(**self.optional).read(latest).expect_partial()
@@ -454,7 +481,14 @@ class Checkpointer:
     def save(self, step: int) -> str:
         if self.manager is None:
             raise RuntimeError(f"the checkpointer of {self.directory} was closed")
-        return self.manager.save(checkpoint_number=step)
+        saved = self.manager.save(checkpoint_number=step)
+        if self.layout is not None:
+            from pipeline import parameter_server
+
+            path = fileio.path(self.directory) / parameter_server.LAYOUT_FILE
+            if not path.exists():
+                atomic_write_json(path, self.layout)
+        return saved
 
     def close(self) -> None:
         """Drops the references to what it checkpoints (the optimizers among them), so that their

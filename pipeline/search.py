@@ -9,7 +9,8 @@ validation batch (first-order DARTS). Writes `model_dir/dims.json` with the argm
 (`search.derive=validated`, `pipeline/derive.py`).
 
     python -m pipeline.search --data_dir DIR --model_dir DIR [--config FILE] [--preset NAME]
-        [--set key=value ...] [--logical_cpus K | --strategy multi_worker] [--quiet]
+        [--set key=value ...] [--logical_cpus K | --strategy multi_worker|parameter_server]
+        [--quiet]
         [--memory_limit BYTES] [--dry_run]
 
 Before it starts, the search prints its memory model (`pipeline/memory.py`: the supernet per
@@ -94,8 +95,16 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
             verdict = f"the search would be refused: {exc}"
         print(f"{report.format()}\n  {verdict}", flush=True)
         return None
+    from pipeline import parameter_server
+
     print(report.format(), file=sys.stderr, flush=True)
-    report.check()
+    if parameter_server.is_parameter_server(strategy):
+        # the model's figures are for one device; here the tables and their slots are split
+        print(f"  --strategy parameter_server: the tables and their optimizer slots are split "
+              f"by rows over {parameter_server.num_ps(strategy)} ps tasks (not checked against "
+              f"this host)", file=sys.stderr, flush=True)
+    else:
+        report.check()
     record = {"kind": "search", "preset": preset, "config": to_dict(cfg),
               "config_hash": run_hash(cfg), "schema_hash": schema.schema_hash,
               "data_dir": fileio.absolute(data_dir)}

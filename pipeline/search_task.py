@@ -12,6 +12,7 @@ import tensorflow as tf
 from configs import fileio
 from pipeline import runtime, summaries
 from pipeline.controller import CallResult, Controller, EvalLogs, Hook, LoopSettings, Task
+from pipeline.parameter_server import dispatch
 from pipeline.trainer import (
     Optimizers,
     StepRunner,
@@ -103,13 +104,16 @@ class SearchTask(Task):
         return self.pretrain if step < self.pretrain else None
 
     def train(self, step: int, budget: int) -> CallResult:
+        # dispatch: one call here, or under a ParameterServerStrategy one per worker
         if step < self.pretrain or self.cfg.search.variant == "autodim_s":
             fn = self.runner.train if step < self.pretrain else self.runner.joint
-            loss_sum = fn(self.train_it, tf.constant(budget, tf.int64))
+            loss_sum = dispatch(self.strategy, fn, budget,
+                                lambda n: (self.train_it, tf.constant(n, tf.int64)))
             return CallResult(budget, loss_sum, "pretrain" if step < self.pretrain else "search")
         groups = max(1, budget // self.f)  # whole groups of f steps (at least one)
-        loss_sum = self.runner.search(self.train_it, self.val_it, tf.constant(groups, tf.int64),
-                                      tf.constant(self.f, tf.int64))
+        f = tf.constant(self.f, tf.int64)
+        loss_sum = dispatch(self.strategy, self.runner.search, groups,
+                            lambda g: (self.train_it, self.val_it, tf.constant(g, tf.int64), f))
         return CallResult(groups * self.f, loss_sum, "search")
 
     def release_training(self) -> None:

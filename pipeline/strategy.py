@@ -11,6 +11,9 @@ The chief (the "chief" task, else worker 0) writes the run's outputs; every othe
 its copies (checkpoints, best weights, summaries, which TensorFlow needs every worker to write
 because a save may read variables through a collective) to a temporary directory removed when
 the process ends, and resumes from the chief's checkpoints (`pipeline.runtime.output_dir`).
+
+Parameter servers (`kind="parameter_server"`, `pipeline.parameter_server`): TF_CONFIG with
+"chief", "ps" and "worker" tasks; the chief coordinates and writes everything, the others serve.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import tensorflow as tf
 
 from configs.loader import ConfigError
 
-KINDS = ("auto", "multi_worker")
+KINDS = ("auto", "multi_worker", "parameter_server")
 
 
 def make_strategy(logical_cpus: int = 0, kind: str = "auto") -> tf.distribute.Strategy:
@@ -30,15 +33,21 @@ def make_strategy(logical_cpus: int = 0, kind: str = "auto") -> tf.distribute.St
     which exercises the multi-replica code paths (loss scaling, synchronized BatchNorm, gradient
     all-reduce) without a GPU. `kind="multi_worker"`: MultiWorkerMirroredStrategy over the
     TF_CONFIG cluster (each worker's GPUs, else its CPU), this worker registered as chief or not
-    (`pipeline.runtime.set_worker`)."""
+    (`pipeline.runtime.set_worker`). `kind="parameter_server"`: ParameterServerStrategy over the
+    TF_CONFIG cluster on its chief; on a ps or worker task this serves and never returns
+    (`pipeline.parameter_server`)."""
     if kind not in KINDS:
         raise ConfigError(f"unknown strategy {kind!r}; known: {', '.join(KINDS)}")
     if logical_cpus < 0:
         raise ValueError(f"logical_cpus must be >= 0, got {logical_cpus}")
-    if kind == "multi_worker":
+    if kind in ("multi_worker", "parameter_server"):
         if logical_cpus:
-            raise ConfigError("--logical_cpus and --strategy multi_worker do not combine: a "
-                              "worker mirrors over its own GPUs (or its CPU)")
+            raise ConfigError(f"--logical_cpus and --strategy {kind} do not combine: a worker "
+                              f"uses its own GPUs (or its CPU)")
+        if kind == "parameter_server":
+            from pipeline import parameter_server
+
+            return parameter_server.make_strategy()
         return _multi_worker()
     if logical_cpus >= 2:
         cpus = tf.config.list_physical_devices("CPU")
