@@ -13,7 +13,7 @@ of the summed RSS of the tree, polled from /proc every 0.5 s; output to DIR/STAG
   preprocess  `python -m preprocessing.run --dataset criteo --input 'DIR/raw/criteo-*.tsv'`
               -> DIR/run/data
   train       search, retrain_autodim, retrain_fde and export, from one
-              `python -m pipeline.run --workdir DIR/run --truth ... --quiet`; its stage
+              `python -m pipeline.run --workdir DIR/run --truth ... --quiet --no_report`; its stage
               lines ([3/5], [4/5], [5/5]) split its wall time and memory samples into stages
   predict     `python -m pipeline.predict` over the first `--predict_shards` raw files through
               the export -> DIR/predict/scores.csv
@@ -185,7 +185,8 @@ def _run(args) -> int:
 
     if "train" in args.stages and _load(figs, "search") is None:
         cmd = [py, "-m", "pipeline.run", "--workdir", str(run), "--dataset", "criteo",
-               "--input", raw_glob, "--truth", str(truth), "--preset", args.preset, "--quiet"]
+               "--input", raw_glob, "--truth", str(truth), "--preset", args.preset, "--quiet",
+               "--no_report"]  # the export stage's figures stay the export's alone
         for kv in args.set:
             cmd += ["--set", kv]
         print(f"== pipeline.run: {' '.join(cmd)}", flush=True)

@@ -131,10 +131,12 @@ def dataset_spec_of(schema: DataSchema) -> DatasetSpec:
 
 # ----------------------------------------------------------------------------- warm-up rows
 
-def raw_rows_from_inputs(schema: DataSchema, data_dir: Path, n: int) -> tuple[list[dict], str]:
+def raw_rows_from_inputs(schema: DataSchema, data_dir: Path, n: int,
+                         split: int | None = None) -> tuple[list[dict], str]:
     """Up to n raw rows ({field: raw string}) read from the preprocessing input files named in
-    data_dir/stats.json, or ([], reason) when that is not possible."""
-    from preprocessing.formats import MalformedRecord, line_parser
+    data_dir/stats.json, or ([], reason) when that is not possible. `split` (0 train, 1 valid,
+    2 test) keeps the lines the Beam job assigned to that split (schema.json's split config)."""
+    from preprocessing.formats import MalformedRecord, line_parser, split_index
 
     stats_path = data_dir / "stats.json"
     if not stats_path.is_file():
@@ -151,6 +153,9 @@ def raw_rows_from_inputs(schema: DataSchema, data_dir: Path, n: int) -> tuple[li
     if not paths:
         return [], f"the input files of {stats_path} ({stats.get('input')!r}) no longer exist"
     index = [(parser.columns.index(name), name) for name in schema.field_names]
+    split_cfg = schema.config.get("split") if isinstance(schema.config, dict) else None
+    if split is not None and not isinstance(split_cfg, dict):
+        return [], f"{data_dir / SCHEMA_FILE} records no split configuration"
     rows = []
     for path in paths:
         opener = __import__("gzip").open if path.endswith(".gz") else open
@@ -158,6 +163,11 @@ def raw_rows_from_inputs(schema: DataSchema, data_dir: Path, n: int) -> tuple[li
             for line_no, line in enumerate(fh, 1):
                 text = line.rstrip("\r\n")
                 if not text.strip():
+                    continue
+                if split is not None and split_index(
+                        os.path.basename(path), line_no,
+                        [split_cfg[k] for k in ("train", "valid", "test")],
+                        split_cfg["seed"]) != split:
                     continue
                 try:
                     got = parser.split(text, line_no)

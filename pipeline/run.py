@@ -2,6 +2,7 @@
 
     python -m pipeline.run --dataset criteo --input 'logs/*.txt' --workdir runs/criteo \
         [--config FILE] [--preset NAME] [--set key=value ...] [--fde_dim 32] [--no_export]
+        [--no_report]
         [--param_costs 0.01,0.05 [--cost_tolerance 0|1se] [--search_embeddings raw,ad2]]
         [--strategy multi_worker]
     python -m pipeline.run --demo [--rows 100000] --workdir runs/demo
@@ -14,6 +15,7 @@ is complete, --dataset and --input may be left out):
   WORKDIR/retrain_fde<D>  the FDE baseline (every field at D) -> metrics.json
   WORKDIR/exports         the AutoDim model as a TF Serving SavedModel
   WORKDIR/summary.json    AutoDim against FDE (and the planted truth, for --demo or --truth)
+  WORKDIR/report          an HTML page of all of it (pipeline.report; --no_report skips it)
 With --param_costs C1,C2,... the search and its retraining run once per parameter cost
 (WORKDIR/search_cost<C>, WORKDIR/retrain_cost<C>) and the model with the best validation AUC is
 kept, evaluated and exported (WORKDIR/param_cost_selection.json; pipeline/tuning.py).
@@ -46,6 +48,10 @@ def run(args) -> dict:
 
     costs, embeddings, tolerance = _tuning_options(args)  # checked before anything runs
     work = fileio.path(args.workdir)
+    if _writes_report(args, work):
+        from pipeline.report import REPORT_DIR, check_output
+
+        check_output(work / REPORT_DIR)  # a directory that is not our report: refused now
     strategy = _cluster_strategy(args, work, costs)
     data, truth = _prepare_data(args, work, writes=strategy is None or _is_chief())
     schema = DataSchema.load(data)
@@ -73,7 +79,20 @@ def run(args) -> dict:
     atomic_write_json(work / "summary.json", summary)
     print(format_dims(autodim["dims"]))
     print(report(summary, args.fde_dim))
+    if _writes_report(args, work):
+        from pipeline.report import write_report
+
+        print(f"report: {write_report(work)}")
+    elif not args.no_report:
+        print(f"report: not written for a remote workdir (python -m pipeline.report --run DIR "
+              f"on a local copy of {work})")
     return summary
+
+
+def _writes_report(args, work) -> bool:
+    """Whether the run ends by writing WORKDIR/report (pipeline.report): not with --no_report,
+    not for a remote workdir (the report directory is renamed into place, local only)."""
+    return not args.no_report and not fileio.is_remote(work)
 
 
 def _tuning_options(args):
@@ -329,6 +348,8 @@ def main(argv=None) -> int:
                         help="override one experiment config value (repeatable)")
     parser.add_argument("--fde_dim", type=int, default=32, help="the FDE baseline's dimension")
     parser.add_argument("--no_export", action="store_true", help="skip the SavedModel export")
+    parser.add_argument("--no_report", action="store_true",
+                        help="do not write WORKDIR/report (pipeline.report's HTML page)")
     parser.add_argument("--param_costs", metavar="C1,C2,...",
                         help="search and retrain once per search.param_cost and keep the model "
                              "with the best validation AUC (pipeline/tuning.py)")

@@ -20,6 +20,7 @@ CLIS = {
     "pipeline.retrain": ["--data_dir", "d", "--model_dir", "m", "--dims", "fde:4"],
     "pipeline.export": ["--model_dir", "m", "--export_dir", "e"],
     "pipeline.predict": ["--model", "m", "--input", "x", "--output", "o.csv"],
+    "pipeline.report": ["--run", "d", "--output", "o"],
     "benchmarks.quality": [],
     "benchmarks.ablation": [],
     "benchmarks.search_step": [],

@@ -336,6 +336,8 @@ def test_pipeline_run_with_a_remote_workdir(remote_run, tmp_path, monkeypatch, c
     for setting in TINY_SEARCH + TINY_RETRAIN:
         argv += ["--set", setting]
     assert run_cli.main(argv) == 0, capsys.readouterr().err
+    # the report is a local directory renamed into place: said, not written
+    assert "report: not written for a remote workdir" in capsys.readouterr().out
     summary = json.loads(fileio.path(f"{work}/summary.json").read_text())
     assert summary["workdir"] == work and summary["export"] == f"{work}/exports/criteo/1"
     for name in ("search/dims.json", "retrain_autodim/metrics.json", "retrain_fde4/model.keras",
