@@ -10,7 +10,11 @@ FDE at 8, 16 and 32 (the frontier), RaS (random dims over the candidates), AutoD
 seed's AutoDim search re-derived, then retrained, so the two rows differ only by the
 derivation) and AutoDim with the parameter cost chosen on validation (`autodim_tuned`: a search
 and retraining per `--tune_costs` value, the one at the preset's cost copied from the same
-seed's `autodim` run; pipeline/tuning.py keeps the best validation AUC). Criteo and Avazu
+seed's `autodim` run; pipeline/tuning.py keeps the best validation AUC) and the consensus of the
+seeds' `autodim` searches (`autodim_consensus`: per field the median of the --seeds' chosen dims,
+pipeline/consensus.py, written to WORKDIR/NAME/BACKBONE/consensus_seeds<S1-S2-..>/dims.json and
+retrained with each seed's retrain.seed; the searches are the `autodim` runs' own, run here first
+when missing; the table below the main one gives the seeds' Pearson and Spearman). Criteo and Avazu
 samples get one seed (they only show the pipeline runs on real logs; too small for quality
 claims). Every run is resumable: rerunning the command skips
 finished runs. Writes a markdown table (mean and std over seeds) to --output, with the command.
@@ -31,7 +35,8 @@ import numpy as np
 from configs.cli import StrictArgumentParser
 
 FRONTIER = (8, 16, 32)
-SEARCHED = ("ras", "autodim_s", "autodim", "autodim_validated", "autodim_tuned")
+SEARCHED = ("ras", "autodim_s", "autodim", "autodim_validated", "autodim_tuned",
+            "autodim_consensus")
 TUNE_COSTS = (0.01, 0.05)
 INPUTS = {
     "movielens-100k": "movielens-100k",
@@ -54,7 +59,7 @@ def preprocess(data_root: Path, work: Path, dataset: str) -> Path:
 
 def one_run(data: Path, run_dir: Path, dataset: str, backbone: str, seed: int, method: str,
             extra_sets: list[str], tune_costs=TUNE_COSTS, tune_embeddings=None,
-            tune_tolerance: float | str = 0.0) -> dict:
+            tune_tolerance: float | str = 0.0, consensus_seeds=()) -> dict:
     from configs.experiment import preset_for_dataset, resolve
     from pipeline.retrain import retrain
     from pipeline.search import run_search
@@ -85,12 +90,46 @@ def one_run(data: Path, run_dir: Path, dataset: str, backbone: str, seed: int, m
         m["candidates"] = [{k: c.get(k) for k in ("param_cost", "search_embedding",
                                                   "best_valid_auc", "test_auc", "params")}
                            for c in selection["candidates"]]
+    elif method == "autodim_consensus":
+        dims_file = consensus_dims(data, run_dir.parent.parent, dataset, backbone,
+                                   consensus_seeds, extra_sets)
+        m = retrain(str(data), str(dims_file), str(run_dir / "retrain"), cfg, quiet=True)
+        c = json.loads(dims_file.read_text(encoding="utf-8"))["consensus"]
+        m["consensus"] = {k: c[k] for k in ("seeds", "pearson", "spearman")}
     else:
         run_search(str(data), str(run_dir / "search"), cfg, quiet=True)
         m = retrain(str(data), str(run_dir / "search" / "dims.json"), str(run_dir / "retrain"),
                     cfg, quiet=True)
     m["wall_seconds"] = time.monotonic() - started
     return m
+
+
+def consensus_dims(data: Path, backbone_dir: Path, dataset: str, backbone: str, seeds,
+                   extra_sets: list[str]) -> Path:
+    """The consensus dims.json of the seeds' `autodim` searches (BACKBONE_DIR/seed<k>/autodim/
+    search, searched here first when missing, exactly as the `autodim` run would)."""
+    from configs.experiment import preset_for_dataset, resolve
+    from pipeline.consensus import consensus_record
+    from pipeline.runtime import atomic_write_json
+    from pipeline.search import run_search
+
+    if len(seeds) < 2:
+        raise SystemExit("autodim_consensus needs at least two --seeds")
+    target = backbone_dir / f"consensus_seeds{'-'.join(map(str, seeds))}" / "dims.json"
+    records = {}
+    for seed in seeds:
+        search_dir = backbone_dir / f"seed{seed}" / "autodim" / "search"
+        if not (search_dir / "dims.json").exists():
+            cfg = resolve(preset_for_dataset(dataset), None, [
+                f"model.backbone={backbone}", f"search.seed={seed}", f"retrain.seed={seed}",
+                *extra_sets])
+            run_search(str(data), str(search_dir), cfg, quiet=True)
+        records[seed] = json.loads((search_dir / "dims.json").read_text(encoding="utf-8"))
+    record = consensus_record(records)
+    if not target.exists() or json.loads(target.read_text(encoding="utf-8")) != record:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(target, record)
+    return target
 
 
 def reuse_search(run_dir: Path) -> bool:
@@ -140,7 +179,7 @@ def summarise(results: dict, frontier_dims=FRONTIER) -> list[str]:
     widest = max(frontier_dims)
     lines = ["| dataset | backbone | method | test AUC | logloss | Params | "
              f"% of FDE-{widest} | "
-             "vs FDE frontier | dims (seed 0) | dims Pearson across seeds |",
+             "vs FDE frontier | dims (seed 0; fields A-Z) | dims Pearson across seeds |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (dataset, backbone), by_method in results.items():
         fde_max = np.mean([m["params"] for m in by_method.get(f"fde{widest}", [])] or [np.nan])
@@ -157,12 +196,17 @@ def summarise(results: dict, frontier_dims=FRONTIER) -> list[str]:
             vs = ""
             if len(frontier) >= 2 and not method.startswith("fde"):
                 vs = f"{auc.mean() - frontier_auc(frontier, params):+.4f}"
+            # by field name: a fresh retraining lists its dims in schema order, a resumed one
+            # (metrics.json, written with sorted keys) alphabetically
             dims = runs[0].get("dims", {})
-            dims_text = " ".join(str(dims[k]) for k in dims) if method in SEARCHED else ""
+            dims_text = " ".join(str(dims[k]) for k in sorted(dims)) if method in SEARCHED else ""
             corr = ""
-            if len(runs) > 1 and method in ("autodim", "autodim_s", "autodim_validated",
-                                            "autodim_tuned"):
-                vecs = [np.array(list(m["dims"].values()), float) for m in runs]
+            if method == "autodim_consensus":
+                mean = runs[0]["consensus"]["pearson"]["mean"]
+                corr = "n/a (constant dims)" if mean is None else f"{mean:.2f} (its seeds')"
+            elif len(runs) > 1 and method in ("autodim", "autodim_s", "autodim_validated",
+                                              "autodim_tuned"):
+                vecs = [np.array([m["dims"][k] for k in sorted(m["dims"])], float) for m in runs]
                 cs = [np.corrcoef(a, b)[0, 1] for i, a in enumerate(vecs) for b in vecs[i + 1:]
                       if a.std() > 0 and b.std() > 0]
                 corr = f"{np.mean(cs):.2f}" if cs else "n/a (constant dims)"
@@ -172,7 +216,47 @@ def summarise(results: dict, frontier_dims=FRONTIER) -> list[str]:
                 f"{100 * params / fde_max:.1f}% | "
                 f"{vs} | {dims_text} | {corr} |"
             )
-    return lines
+    return lines + consensus_table(results, frontier_dims)
+
+
+def consensus_table(results: dict, frontier_dims=FRONTIER) -> list[str]:
+    """The single searches (`autodim`, one per seed), their consensus and the tuned choice, each
+    as test AUC @ Params (distance to the FDE frontier at its own Params), with the seeds' mean
+    Pearson and Spearman of the chosen dims; empty without autodim_consensus runs."""
+    rows = []
+    for (dataset, backbone), by_method in results.items():
+        runs = by_method.get("autodim_consensus")
+        if not runs:
+            continue
+        frontier = [(np.mean([m["params"] for m in by_method[f"fde{d}"]]),
+                     np.mean([m["test_auc"] for m in by_method[f"fde{d}"]]))
+                    for d in frontier_dims if by_method.get(f"fde{d}")]
+        cells = []
+        for method in ("autodim", "autodim_consensus", "autodim_tuned"):
+            got = by_method.get(method)
+            if not got:
+                cells.append("")
+                continue
+            auc = float(np.mean([m["test_auc"] for m in got]))
+            params = float(np.mean([m["params"] for m in got]))
+            gap = (f" ({auc - frontier_auc(frontier, params):+.4f})" if len(frontier) >= 2
+                   else "")
+            cells.append(f"{auc:.4f} @ {params:,.0f}{gap}")
+        c = runs[0]["consensus"]
+
+        def show(x):
+            return "n/a" if x is None else f"{x:.2f}"
+
+        pairs = " ".join(show(v) for k, v in c["pearson"].items() if k != "mean")
+        rows.append(f"| {dataset} | {backbone} | {' | '.join(cells)} | "
+                    f"{show(c['pearson']['mean'])} ({pairs}) | {show(c['spearman']['mean'])} |")
+    if not rows:
+        return []
+    return ["", "Single searches, their consensus and the tuned choice: test AUC @ Params "
+            "(distance to the FDE frontier at that Params); the seeds' dims correlations "
+            "(mean over pairs; the pairs):", "",
+            "| dataset | backbone | single search (autodim) | consensus | tuned | "
+            "Pearson (pairs) | Spearman |", "|---|---|---|---|---|---|---|", *rows]
 
 
 def main(argv=None) -> int:
@@ -256,9 +340,11 @@ def main(argv=None) -> int:
         for backbone in args.backbones.split(","):
             for seed in ds_seeds:
                 for method in methods:
+                    if method == "autodim_consensus" and len(ds_seeds) < 2:
+                        continue  # one seed (the samples): nothing to agree on
                     run_dir = work / dataset / backbone / f"seed{seed}" / method
                     m = one_run(data, run_dir, dataset, backbone, seed, method, args.set,
-                                tune_costs, tune_embeddings, tune_tolerance)
+                                tune_costs, tune_embeddings, tune_tolerance, ds_seeds)
                     results.setdefault((dataset, backbone), {}).setdefault(method, []).append(m)
                     print(f"{dataset} {backbone} seed {seed} {method}: test AUC "
                           f"{m['test_auc']:.4f} logloss {m['test_logloss']:.4f} params "

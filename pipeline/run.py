@@ -4,7 +4,7 @@
         [--config FILE] [--preset NAME] [--set key=value ...] [--fde_dim 32] [--no_export]
         [--no_report]
         [--param_costs 0.01,0.05 [--cost_tolerance 0|1se] [--search_embeddings raw,ad2]]
-        [--strategy multi_worker]
+        [--strategy multi_worker] [--search_seeds N|S1,S2,...]
     python -m pipeline.run --demo [--rows 100000] --workdir runs/demo
 
 Stages (each skipped when its output is already complete, so a rerun resumes; once WORKDIR/data
@@ -21,6 +21,8 @@ With --param_costs C1,C2,... the search and its retraining run once per paramete
 kept, evaluated and exported (WORKDIR/param_cost_selection.json; pipeline/tuning.py).
 --search_embeddings raw,ad2 searches every cost with each named search embedding as well
 (WORKDIR/search_ad2_cost<C>, ...; the config's own embedding keeps the plain names).
+--search_seeds 3 searches with three seeds (WORKDIR/search/seed<k>/) and retrains their consensus,
+WORKDIR/search/dims.json (pipeline/consensus.py); summary.json records the seeds' correlations.
 `--demo` first writes the built-in synthetic dataset (Criteo format, planted structure) to
 WORKDIR/raw/.
 """
@@ -47,6 +49,7 @@ def run(args) -> dict:
     from pipeline.search import format_dims
 
     costs, embeddings, tolerance = _tuning_options(args)  # checked before anything runs
+    seeds = _seeds_option(args, costs)
     work = fileio.path(args.workdir)
     if _writes_report(args, work):
         from pipeline.report import REPORT_DIR, check_output
@@ -64,7 +67,7 @@ def run(args) -> dict:
     if costs:
         autodim = _tuned_autodim(args, data, work, cfg, preset, costs, tolerance, embeddings)
     else:
-        autodim = _autodim(args, data, work, cfg, preset, strategy)
+        autodim = _autodim(args, data, work, cfg, preset, strategy, seeds)
     print(f"[4/5] retraining the FDE-{args.fde_dim} baseline")
     fde = retrain(str(data), f"fde:{args.fde_dim}", str(work / f"retrain_fde{args.fde_dim}"), cfg,
                   quiet=args.quiet, preset=preset, strategy=strategy)
@@ -107,6 +110,24 @@ def _tuning_options(args):
             raise ConfigError("--search_embeddings needs --param_costs (e.g. --param_costs "
                               "0.01,0.05): the embeddings are searched at each cost")
     return costs, embeddings, parse_tolerance(args.cost_tolerance)
+
+
+def _seeds_option(args, costs):
+    """--search_seeds parsed (None without it); not combined with --param_costs or
+    --strategy multi_worker."""
+    if args.search_seeds is None:
+        return None
+    from pipeline.consensus import parse_seeds
+
+    seeds = parse_seeds(args.search_seeds, "--search_seeds")
+    if costs:
+        raise ConfigError("--search_seeds and --param_costs do not combine (a consensus per cost, "
+                          "each retrained, is not implemented): choose the cost first, then "
+                          "--set search.param_cost=C --search_seeds N")
+    if args.strategy == "multi_worker":
+        raise ConfigError("--search_seeds and --strategy multi_worker do not combine: run "
+                          "pipeline.search --set search.seed=K per seed on the cluster")
+    return seeds
 
 
 def _cluster_strategy(args, work: Path, costs):
@@ -193,16 +214,27 @@ def _is_chief() -> bool:
     return runtime.is_chief()
 
 
-def _autodim(args, data: Path, work: Path, cfg, preset: str, strategy=None) -> dict:
-    """One search and the retraining of its dimensions."""
+def _autodim(args, data: Path, work: Path, cfg, preset: str, strategy=None,
+             seeds=None) -> dict:
+    """One search (or, with --search_seeds, one per seed and their consensus) and the
+    retraining of its dimensions."""
     from pipeline import runtime
     from pipeline.retrain import retrain
     from pipeline.search import run_search
 
     search_dir, auto_dir = work / "search", work / "retrain_autodim"
     print(f"[3/5] searching dimensions (preset {preset}) -> {search_dir}")
-    dims = run_search(str(data), str(search_dir), cfg, quiet=args.quiet, preset=preset,
-                      strategy=strategy)
+    if seeds is not None:
+        from pipeline.consensus import run_seeds, seed_list
+
+        argv = (["--data_dir", str(data), "--preset", preset]
+                + (["--config", args.config] if args.config else [])
+                + [a for item in args.set for a in ("--set", item)])
+        dims = run_seeds(str(data), str(search_dir), cfg, seed_list(seeds, cfg.search.seed),
+                         quiet=args.quiet, preset=preset, cli_argv=argv)
+    else:
+        dims = run_search(str(data), str(search_dir), cfg, quiet=args.quiet, preset=preset,
+                          strategy=strategy)
     print("[4/5] retraining the searched dimensions")
     # this worker's own dims.json (in a multi-worker run the chief's may still be being written)
     auto = retrain(str(data), str(runtime.output_dir(search_dir) / "dims.json"), str(auto_dir),
@@ -272,6 +304,10 @@ def _summary(schema, preset: str, work: Path, autodim: dict, fde: dict, export_d
                "export": str(export_dir) if export_dir else None}
     if autodim["selection"] is not None:
         summary["param_cost_selection"] = autodim["selection"]
+    if "consensus" in dims:  # --search_seeds: the seeds' agreement (per field: search/dims.json)
+        c = dims["consensus"]
+        summary["search_consensus"] = {k: c[k] for k in ("seeds", "pearson", "spearman",
+                                                         "undefined") if k in c}
     if truth:
         summary["truth"] = {f["name"]: {"informative": f["informative"],
                                         "latent_dim": f["latent_dim"]} for f in truth["fields"]}
@@ -321,6 +357,15 @@ def report(summary: dict, fde_dim: int) -> str:
     share = summary["params_share_of_fde"]
     lines.append(f"AutoDim uses {100 * share:.1f}% of FDE-{fde_dim}'s embedding parameters, "
                  f"AUC {summary['auc_delta']:+.4f}")
+    if "search_consensus" in summary:
+        c = summary["search_consensus"]
+
+        def show(x):
+            return "n/a" if x is None else f"{x:.2f}"
+
+        lines.append(f"AutoDim: the consensus of seeds {', '.join(map(str, c['seeds']))}; their "
+                     f"dims' Pearson {show(c['pearson']['mean'])}, Spearman "
+                     f"{show(c['spearman']['mean'])} (mean over pairs)")
     if summary.get("export"):
         lines.append(f"SavedModel: {summary['export']}")
     return "\n".join(lines)
@@ -362,6 +407,10 @@ def main(argv=None) -> int:
                         help="with --param_costs: also search each cost with each named search "
                              "embedding (raw: zero_pad + no normalisation, the presets'; ad2: "
                              "linear + batchnorm_affine) and keep the best validated model")
+    parser.add_argument("--search_seeds", metavar="N|S1,S2,...",
+                        help="search once per seed (N: search.seed + 0..N-1; or a list) in "
+                             "WORKDIR/search/seed<k>/ and retrain the consensus (per field the "
+                             "median dim; pipeline/consensus.py)")
     parser.add_argument("--quiet", action="store_true", help="no progress display, only log lines")
     add_strategy_flag(parser)
     args, beam_args = parser.parse_args(argv)

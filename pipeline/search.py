@@ -10,13 +10,15 @@ validation batch (first-order DARTS). Writes `model_dir/dims.json` with the argm
 
     python -m pipeline.search --data_dir DIR --model_dir DIR [--config FILE] [--preset NAME]
         [--set key=value ...] [--logical_cpus K | --strategy multi_worker|parameter_server]
-        [--quiet]
-        [--memory_limit BYTES] [--dry_run]
+        [--quiet] [--memory_limit BYTES] [--dry_run] [--seeds N | --seeds S1,S2,...]
 
 Before it starts, the search prints its memory model (`pipeline/memory.py`: the supernet per
 lookup, the retrained model, the SavedModel's vocabulary tables) and refuses to start (exit 2,
 nothing written) when it does not fit the device (a GPU's total memory, the host's available
 memory) or `--memory_limit`; `--dry_run` prints it and exits.
+
+`--seeds N` (search.seed + 0 .. N-1) or `--seeds 0,4,7`: one search per seed in MODEL_DIR/seed<k>/,
+their correlations and a consensus MODEL_DIR/dims.json (`pipeline/consensus.py`).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import math
 import sys
 
 from configs import fileio
-from configs.cli import StrictArgumentParser, run_main
+from configs.cli import StrictArgumentParser, UsageError, run_main
 from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, run_hash
 from configs.features import DataSchema
 from configs.loader import ConfigError, to_dict
@@ -202,21 +204,50 @@ def main(argv=None) -> int:
     parser = StrictArgumentParser(prog="python -m pipeline.search", description=__doc__)
     add_experiment_flags(parser)
     add_memory_flags(parser)
+    parser.add_argument("--seeds", metavar="N|S1,S2,...",
+                        help="search once per seed (N: search.seed + 0..N-1; or a list) in "
+                             "MODEL_DIR/seed<k>/, report the Pearson/Spearman correlation of the "
+                             "chosen dims between seeds and write the per-field median as "
+                             "MODEL_DIR/dims.json (pipeline/consensus.py)")
     args = parser.parse_args(argv)
 
     def body():
         from pipeline.memory import parse_bytes
 
+        seeds = _seeds_option(args)  # checked before anything runs
         limit = None if args.memory_limit is None else parse_bytes(args.memory_limit)
         # the strategy must precede any TensorFlow op
         strategy = make_cli_strategy(args.logical_cpus, args.strategy)
         schema = DataSchema.load(args.data_dir)
         preset = args.preset or preset_for_dataset(schema.dataset)
         cfg = resolve(preset, args.config, args.set)
+        if seeds is not None:
+            from pipeline.consensus import run_seeds, seed_list
+
+            argv = (["--data_dir", args.data_dir, "--preset", preset]
+                    + (["--config", args.config] if args.config else [])
+                    + [a for item in args.set for a in ("--set", item)])
+            run_seeds(args.data_dir, args.model_dir, cfg, seed_list(seeds, cfg.search.seed),
+                      quiet=args.quiet, preset=preset, strategy=strategy, memory_limit=limit,
+                      dry_run=args.dry_run, cli_argv=argv)
+            return
         run_search(args.data_dir, args.model_dir, cfg, quiet=args.quiet, preset=preset,
                    strategy=strategy, memory_limit=limit, dry_run=args.dry_run)
 
     return run_main(body)
+
+
+def _seeds_option(args):
+    """--seeds parsed (None without it); refused with a cluster --strategy."""
+    if args.seeds is None:
+        return None
+    from pipeline.consensus import parse_seeds
+
+    seeds = parse_seeds(args.seeds, "--seeds")
+    if args.strategy in ("multi_worker", "parameter_server"):
+        raise UsageError(f"--seeds and --strategy {args.strategy} do not combine: run one "
+                         f"{args.strategy} search per seed (--set search.seed=K)")
+    return seeds
 
 
 if __name__ == "__main__":

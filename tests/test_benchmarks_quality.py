@@ -101,3 +101,57 @@ def test_autodim_tuned_reuses_the_same_seeds_autodim_run_at_the_preset_cost(tmp_
         quality.main(["--data_root", str(tmp_path / "root"), "--tune_tolerance", "1sd"])
     assert "--tune_tolerance must be a number or <K>se (e.g. 1se), got '1sd'" in \
         capsys.readouterr().err
+
+
+def _dims_json(dims):
+    names = [f"f{i}" for i in range(len(dims))]
+    return {"dataset": "ml", "schema_hash": "h", "backbone": "fm", "candidate_dims": [2, 8, 16],
+            "field_order": names, "config_hash": "c", "steps": 1,
+            "fields": {n: {"dim": d, "probabilities": [0.2, 0.3, 0.5], "vocab_size": 10}
+                       for n, d in zip(names, dims)}}
+
+
+def test_autodim_consensus_reads_the_seeds_autodim_searches_and_reports_them(tmp_path):
+    """autodim_consensus's dims.json is the consensus of the seeds' `autodim` search dims (none
+    searched again when present); its table row shows single / consensus / tuned against the
+    frontier and the seeds' correlations."""
+    import json
+
+    backbone_dir = tmp_path / "ml" / "fm"
+    seeds_dims = {0: [2, 8, 16, 16], 1: [8, 8, 2, 16], 2: [16, 8, 8, 2]}
+    for seed, dims in seeds_dims.items():
+        search = backbone_dir / f"seed{seed}" / "autodim" / "search"
+        search.mkdir(parents=True)
+        (search / "dims.json").write_text(json.dumps(_dims_json(dims)))
+    path = quality.consensus_dims(tmp_path, backbone_dir, "movielens-100k", "fm", [0, 1, 2], [])
+    assert path == backbone_dir / "consensus_seeds0-1-2" / "dims.json"
+    rec = json.loads(path.read_text())
+    assert [rec["fields"][f"f{i}"]["dim"] for i in range(4)] == [8, 8, 8, 16]
+    c = rec["consensus"]
+    assert c["pearson"]["seed0/seed1"] == pytest.approx(
+        np.corrcoef(seeds_dims[0], seeds_dims[1])[0, 1])
+
+    results = {("ml", "fm"): {
+        "fde8": [run(0.70, 100)], "fde16": [run(0.80, 400)],
+        "autodim": [run(0.76, 200, {"a": 8})],
+        "autodim_consensus": [dict(run(0.77, 200, {"a": 8}), consensus=c)],
+    }}
+    lines = quality.summarise(results, frontier_dims=(8, 16))
+    row = [x.strip() for x in lines[-1].split("|")[1:-1]]
+    # frontier at 200 params: log-midpoint of (100, 0.70) and (400, 0.80) = 0.75
+    assert row[:5] == ["ml", "fm", "0.7600 @ 200 (+0.0100)", "0.7700 @ 200 (+0.0200)", ""]
+    assert row[5].startswith(f"{c['pearson']['mean']:.2f} (")
+    assert row[6] == f"{c['spearman']['mean']:.2f}"
+
+
+def test_dims_are_compared_by_field_name_whatever_order_a_run_lists_them():
+    """A fresh retraining returns dims in schema order, a resumed one (metrics.json) sorted: the
+    table's dims and their correlation must not depend on which."""
+    results = {("ml", "fm"): {
+        "fde2": [run(0.70, 100)], "fde8": [run(0.80, 400)],
+        "autodim": [run(0.78, 200, {"b": 8, "a": 2, "c": 4}),
+                    run(0.76, 200, {"a": 2, "b": 16, "c": 8})]}}
+    lines = quality.summarise(results, frontier_dims=(2, 8))
+    row = [c.strip() for c in lines[-1].split("|")[1:-1]]
+    assert row[8] == "2 8 4"
+    assert float(row[9]) == pytest.approx(np.corrcoef([2, 8, 4], [2, 16, 8])[0, 1], abs=0.01)
