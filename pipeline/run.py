@@ -3,7 +3,7 @@
     python -m pipeline.run --dataset criteo --input 'logs/*.txt' --workdir runs/criteo \
         [--config FILE] [--preset NAME] [--set key=value ...] [--fde_dim 32] [--no_export]
         [--param_costs 0.01,0.05 [--cost_tolerance 0|1se] [--search_embeddings raw,ad2]]
-        [--strategy multi_worker]
+        [--strategy multi_worker] [--budget PARAMS | --budget_ratio R | --budget_bytes BYTES]
     python -m pipeline.run --demo [--rows 100000] --workdir runs/demo
 
 Stages (each skipped when its output is already complete, so a rerun resumes; once WORKDIR/data
@@ -19,6 +19,12 @@ With --param_costs C1,C2,... the search and its retraining run once per paramete
 kept, evaluated and exported (WORKDIR/param_cost_selection.json; pipeline/tuning.py).
 --search_embeddings raw,ad2 searches every cost with each named search embedding as well
 (WORKDIR/search_ad2_cost<C>, ...; the config's own embedding keeps the plain names).
+--budget / --budget_ratio / --budget_bytes (pipeline/budget.py) give the search a hard memory
+budget: the retrained and exported model has the searched dimensions, which never exceed it, and
+summary.json records the budget (dims.json's "budget"). A budget does not combine with
+--param_costs (the budget fixes the size the costs would trade against AUC): refused. Bad values
+are refused before anything runs; a budget below the smallest possible model is refused as soon as
+the vocabularies are known (before the search writes anything; at once when WORKDIR/data exists).
 `--demo` first writes the built-in synthetic dataset (Criteo format, planted structure) to
 WORKDIR/raw/.
 """
@@ -45,6 +51,7 @@ def run(args) -> dict:
     from pipeline.search import format_dims
 
     costs, embeddings, tolerance = _tuning_options(args)  # checked before anything runs
+    budget_sets = _budget_options(args, costs)
     work = fileio.path(args.workdir)
     strategy = _cluster_strategy(args, work, costs)
     data, truth = _prepare_data(args, work, writes=strategy is None or _is_chief())
@@ -54,7 +61,14 @@ def run(args) -> dict:
         raise ConfigError(f"--truth {args.truth}: its fields are not the data's fields "
                           f"({', '.join(schema.field_names)})")
     preset = args.preset or ("synthetic" if args.demo else preset_for_dataset(schema.dataset))
-    cfg = resolve(preset, args.config, args.set)
+    cfg = resolve(preset, args.config, args.set + budget_sets)
+    from pipeline import budget as budget_lib
+
+    budget_lib.resolve(cfg.search, [f.vocab_size for f in schema.fields], cfg.model.candidate_dims)
+    if costs and budget_lib.requested(cfg.search):
+        key = budget_lib.requested(cfg.search)[0]
+        raise ConfigError(f"search.{key} (from --config or --set) and --param_costs do not "
+                          f"combine: a budget fixes the size that the costs trade against AUC")
     if costs:
         autodim = _tuned_autodim(args, data, work, cfg, preset, costs, tolerance, embeddings)
     else:
@@ -88,6 +102,19 @@ def _tuning_options(args):
             raise ConfigError("--search_embeddings needs --param_costs (e.g. --param_costs "
                               "0.01,0.05): the embeddings are searched at each cost")
     return costs, embeddings, parse_tolerance(args.cost_tolerance)
+
+
+def _budget_options(args, costs) -> list[str]:
+    """--budget / --budget_ratio / --budget_bytes as --set overrides, checked (not with
+    --param_costs, nor with a config's budget under --param_costs)."""
+    from pipeline import budget as budget_lib
+
+    sets = budget_lib.overrides(args)
+    if sets and costs:
+        flag = next(budget_lib.FLAGS[k] for k in budget_lib.KEYS if getattr(args, k) is not None)
+        raise ConfigError(f"{flag} and --param_costs do not combine: a budget fixes the size that "
+                          f"the parameter costs trade against AUC; give one of them")
+    return sets
 
 
 def _cluster_strategy(args, work: Path, costs):
@@ -245,6 +272,12 @@ def _summary(schema, preset: str, work: Path, autodim: dict, fde: dict, export_d
                "export": str(export_dir) if export_dir else None}
     if autodim["selection"] is not None:
         summary["param_cost_selection"] = autodim["selection"]
+    if dims.get("budget"):
+        b = dims["budget"]
+        summary["budget"] = {"params": b["params"], "requested": b["requested"],
+                             "achieved": auto["params"],
+                             "share_of_budget": auto["params"] / b["params"],
+                             "repair": b["repair"], "fill": b.get("fill", [])}
     if truth:
         summary["truth"] = {f["name"]: {"informative": f["informative"],
                                         "latent_dim": f["latent_dim"]} for f in truth["fields"]}
@@ -294,6 +327,13 @@ def report(summary: dict, fde_dim: int) -> str:
     share = summary["params_share_of_fde"]
     lines.append(f"AutoDim uses {100 * share:.1f}% of FDE-{fde_dim}'s embedding parameters, "
                  f"AUC {summary['auc_delta']:+.4f}")
+    if summary.get("budget"):
+        from pipeline.budget import format_value
+
+        b = summary["budget"]
+        lines.append(f"budget {b['params']:,} embedding parameters ({b['requested']['flag']} "
+                     f"{format_value(b['requested']['value'])}): the model uses "
+                     f"{b['achieved']:,} = {100 * b['share_of_budget']:.1f}% of it")
     if summary.get("export"):
         lines.append(f"SavedModel: {summary['export']}")
     return "\n".join(lines)
@@ -335,6 +375,9 @@ def main(argv=None) -> int:
                              "linear + batchnorm_affine) and keep the best validated model")
     parser.add_argument("--quiet", action="store_true", help="no progress display, only log lines")
     add_strategy_flag(parser)
+    from pipeline import budget as budget_lib
+
+    budget_lib.add_flags(parser)
     args, beam_args = parser.parse_args(argv)
     args.beam_args = beam_args
     if args.fde_dim < 1:
