@@ -66,6 +66,9 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
+BUDGET_KEYS = ("budget", "budget_ratio", "budget_bytes")
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """The dimension search (the paper's Algorithm 1, first-order DARTS).
@@ -127,6 +130,10 @@ class SearchConfig:
     derive_z: float = 2.0
     derive_sweeps: int = 2
     derive_direction: DeriveDirection = "up"
+    budget: int = 0
+    budget_ratio: float = 0.0
+    budget_bytes: int = 0
+    budget_multiplier_lr: float = 0.01
 
     def __post_init__(self):
         checks = {
@@ -148,11 +155,18 @@ class SearchConfig:
             "derive_z": math.isfinite(self.derive_z) and self.derive_z >= 0,
             "derive_sweeps": self.derive_sweeps >= 1,
             "derive_direction": self.derive_direction in typing.get_args(DeriveDirection),
+            "budget": self.budget >= 0, "budget_ratio": 0 <= self.budget_ratio <= 1,
+            "budget_bytes": self.budget_bytes >= 0,
+            "budget_multiplier_lr": self.budget_multiplier_lr > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ConfigError("search: invalid value for " + ", ".join(
                 f"{k}={getattr(self, k)!r}" for k in bad))
+        budgets = [k for k in BUDGET_KEYS if getattr(self, k)]
+        if len(budgets) > 1:
+            raise ConfigError(f"search: {' and '.join(budgets)} are alternatives; set at most "
+                              f"one (--budget, --budget_ratio, --budget_bytes)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,11 +254,15 @@ POST_SEARCH_KEYS = ("derive", "derive_max_rows", "derive_z", "derive_sweeps", "d
 
 def run_hash(cfg: ExperimentConfig | dict) -> str:
     """config_hash of everything that determines the trained weights: the config without
-    POST_SEARCH_KEYS (guards resuming a search or retraining run; for a run whose other settings
-    are unchanged it equals the hash of the config before these keys existed). Accepts a config
-    or its dict (a run's stored config.json)."""
+    POST_SEARCH_KEYS, and without the budget keys when no budget is set (guards resuming a search
+    or retraining run; for a run whose other settings are unchanged it equals the hash of the
+    config before these keys existed). Accepts a config or its dict (a run's stored
+    config.json)."""
     data = to_dict(cfg) if isinstance(cfg, ExperimentConfig) else dict(cfg)
     data["search"] = {k: v for k, v in data["search"].items() if k not in POST_SEARCH_KEYS}
+    if not any(data["search"].get(k) for k in BUDGET_KEYS):  # no budget: the hash from before
+        for k in (*BUDGET_KEYS, "budget_multiplier_lr"):  # the budget keys existed
+            data["search"].pop(k, None)
     return config_hash(data)
 
 
@@ -280,4 +298,4 @@ def preset_for_dataset(dataset: str) -> str:
 __all__ = ["BACKBONES", "LOOKUPS", "UNIFIES", "CANDIDATE_NORMS", "MLP_INPUTS", "ModelConfig",
            "SearchConfig", "RetrainConfig", "ExperimentConfig", "PRESETS", "resolve",
            "preset_for_dataset", "from_dict", "run_hash", "retrain_hash", "POST_SEARCH_KEYS",
-           "RETRAIN_MODEL_KEYS", "SEARCH_EMBEDDINGS"]
+           "RETRAIN_MODEL_KEYS", "SEARCH_EMBEDDINGS", "BUDGET_KEYS"]

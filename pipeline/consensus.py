@@ -264,6 +264,13 @@ def run_seeds(data_dir: str, model_dir: str, cfg, seeds: list[int], *, preset: s
 
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise UsageError(f"the seeds must be at least two distinct values, got {seeds}")
+    from pipeline.budget import requested
+
+    budget = requested(cfg.search)
+    if budget is not None:  # refused before any seed runs
+        raise UsageError(f"search.{budget[0]}: a budget and several seeds do not combine yet "
+                         f"(each seed's dims keep the budget, their per-field median need not); "
+                         f"search with the budget once per seed (--set search.seed=K)")
     schema = DataSchema.load(data_dir)
     root = fileio.path(model_dir)
     if dry_run:  # every seed has the same memory model

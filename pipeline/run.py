@@ -5,6 +5,7 @@
         [--no_report]
         [--param_costs 0.01,0.05 [--cost_tolerance 0|1se] [--search_embeddings raw,ad2]]
         [--strategy multi_worker] [--search_seeds N|S1,S2,...]
+        [--budget PARAMS | --budget_ratio R | --budget_bytes BYTES]
     python -m pipeline.run --demo [--rows 100000] --workdir runs/demo
 
 Stages (each skipped when its output is already complete, so a rerun resumes; once WORKDIR/data
@@ -23,6 +24,13 @@ kept, evaluated and exported (WORKDIR/param_cost_selection.json; pipeline/tuning
 (WORKDIR/search_ad2_cost<C>, ...; the config's own embedding keeps the plain names).
 --search_seeds 3 searches with three seeds (WORKDIR/search/seed<k>/) and retrains their consensus,
 WORKDIR/search/dims.json (pipeline/consensus.py); summary.json records the seeds' correlations.
+--budget / --budget_ratio / --budget_bytes (pipeline/budget.py) give the search a hard memory
+budget: the retrained and exported model has the searched dimensions, which never exceed it, and
+summary.json records the budget (dims.json's "budget"). A budget does not combine with
+--param_costs (the budget fixes the size the costs would trade against AUC) or --search_seeds:
+refused. Bad values are refused before anything runs; a budget below the smallest possible model
+is refused as soon as the vocabularies are known (before the search writes anything; at once when
+WORKDIR/data exists).
 `--demo` first writes the built-in synthetic dataset (Criteo format, planted structure) to
 WORKDIR/raw/.
 """
@@ -50,6 +58,7 @@ def run(args) -> dict:
 
     costs, embeddings, tolerance = _tuning_options(args)  # checked before anything runs
     seeds = _seeds_option(args, costs)
+    budget_sets = _budget_options(args, costs, seeds)
     work = fileio.path(args.workdir)
     if _writes_report(args, work):
         from pipeline.report import REPORT_DIR, check_output
@@ -63,7 +72,14 @@ def run(args) -> dict:
         raise ConfigError(f"--truth {args.truth}: its fields are not the data's fields "
                           f"({', '.join(schema.field_names)})")
     preset = args.preset or ("synthetic" if args.demo else preset_for_dataset(schema.dataset))
-    cfg = resolve(preset, args.config, args.set)
+    cfg = resolve(preset, args.config, args.set + budget_sets)
+    from pipeline import budget as budget_lib
+
+    budget_lib.resolve(cfg.search, [f.vocab_size for f in schema.fields], cfg.model.candidate_dims)
+    if costs and budget_lib.requested(cfg.search):
+        key = budget_lib.requested(cfg.search)[0]
+        raise ConfigError(f"search.{key} (from --config or --set) and --param_costs do not "
+                          f"combine: a budget fixes the size that the costs trade against AUC")
     if costs:
         autodim = _tuned_autodim(args, data, work, cfg, preset, costs, tolerance, embeddings)
     else:
@@ -128,6 +144,23 @@ def _seeds_option(args, costs):
         raise ConfigError("--search_seeds and --strategy multi_worker do not combine: run "
                           "pipeline.search --set search.seed=K per seed on the cluster")
     return seeds
+
+
+def _budget_options(args, costs, seeds) -> list[str]:
+    """--budget / --budget_ratio / --budget_bytes as --set overrides, checked (not with
+    --param_costs or --search_seeds)."""
+    from pipeline import budget as budget_lib
+
+    sets = budget_lib.overrides(args)
+    flag = next((budget_lib.FLAGS[k] for k in budget_lib.KEYS if getattr(args, k) is not None),
+                None)
+    if sets and costs:
+        raise ConfigError(f"{flag} and --param_costs do not combine: a budget fixes the size that "
+                          f"the parameter costs trade against AUC; give one of them")
+    if sets and seeds is not None:
+        raise ConfigError(f"{flag} and --search_seeds do not combine yet (each seed's dims keep "
+                          f"the budget, their per-field median need not): give one of them")
+    return sets
 
 
 def _cluster_strategy(args, work: Path, costs):
@@ -308,6 +341,12 @@ def _summary(schema, preset: str, work: Path, autodim: dict, fde: dict, export_d
         c = dims["consensus"]
         summary["search_consensus"] = {k: c[k] for k in ("seeds", "pearson", "spearman",
                                                          "undefined") if k in c}
+    if dims.get("budget"):
+        b = dims["budget"]
+        summary["budget"] = {"params": b["params"], "requested": b["requested"],
+                             "achieved": auto["params"],
+                             "share_of_budget": auto["params"] / b["params"],
+                             "repair": b["repair"], "fill": b.get("fill", [])}
     if truth:
         summary["truth"] = {f["name"]: {"informative": f["informative"],
                                         "latent_dim": f["latent_dim"]} for f in truth["fields"]}
@@ -366,6 +405,13 @@ def report(summary: dict, fde_dim: int) -> str:
         lines.append(f"AutoDim: the consensus of seeds {', '.join(map(str, c['seeds']))}; their "
                      f"dims' Pearson {show(c['pearson']['mean'])}, Spearman "
                      f"{show(c['spearman']['mean'])} (mean over pairs)")
+    if summary.get("budget"):
+        from pipeline.budget import format_value
+
+        b = summary["budget"]
+        lines.append(f"budget {b['params']:,} embedding parameters ({b['requested']['flag']} "
+                     f"{format_value(b['requested']['value'])}): the model uses "
+                     f"{b['achieved']:,} = {100 * b['share_of_budget']:.1f}% of it")
     if summary.get("export"):
         lines.append(f"SavedModel: {summary['export']}")
     return "\n".join(lines)
@@ -413,6 +459,9 @@ def main(argv=None) -> int:
                              "median dim; pipeline/consensus.py)")
     parser.add_argument("--quiet", action="store_true", help="no progress display, only log lines")
     add_strategy_flag(parser)
+    from pipeline import budget as budget_lib
+
+    budget_lib.add_flags(parser)
     args, beam_args = parser.parse_args(argv)
     args.beam_args = beam_args
     if args.fde_dim < 1:

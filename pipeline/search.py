@@ -11,6 +11,12 @@ validation batch (first-order DARTS). Writes `model_dir/dims.json` with the argm
     python -m pipeline.search --data_dir DIR --model_dir DIR [--config FILE] [--preset NAME]
         [--set key=value ...] [--logical_cpus K | --strategy multi_worker|parameter_server]
         [--quiet] [--memory_limit BYTES] [--dry_run] [--seeds N | --seeds S1,S2,...]
+        [--budget PARAMS | --budget_ratio R | --budget_bytes B]
+
+A budget (`pipeline/budget.py`) makes the search respect a number of embedding parameters: a
+Lagrangian penalty on the expected parameters under alpha during the search, then the derived
+dimensions repaired on validation rows so that they never exceed it; dims.json's "budget" records
+the budget, the achieved size and the repair steps.
 
 Before it starts, the search prints its memory model (`pipeline/memory.py`: the supernet per
 lookup, the retrained model, the SavedModel's vocabulary tables) and refuses to start (exit 2,
@@ -27,9 +33,16 @@ import sys
 
 from configs import fileio
 from configs.cli import StrictArgumentParser, UsageError, run_main
-from configs.experiment import ExperimentConfig, preset_for_dataset, resolve, run_hash
+from configs.experiment import (
+    BUDGET_KEYS,
+    ExperimentConfig,
+    preset_for_dataset,
+    resolve,
+    run_hash,
+)
 from configs.features import DataSchema
 from configs.loader import ConfigError, to_dict
+from pipeline import budget as budget_lib
 from pipeline.flags import add_experiment_flags, add_memory_flags, make_cli_strategy
 
 DIMS_FILE = "dims.json"
@@ -88,6 +101,10 @@ def run_search(data_dir: str, model_dir: str, cfg: ExperimentConfig, *, logical_
         raise ConfigError(f"{data_dir}: the search needs non-empty train and valid splits, "
                           f"schema.json has {schema.splits}")
     strategy = strategy or make_strategy(logical_cpus)
+    from pipeline import budget as budget_lib
+
+    # refused (ConfigError naming the flag and the smallest model) before anything is written
+    budget_lib.resolve(cfg.search, [f.vocab_size for f in schema.fields], cfg.model.candidate_dims)
     report = memory_report(data_dir, schema, cfg, strategy, memory_limit)
     if dry_run:
         try:
@@ -152,6 +169,10 @@ def search_hparams(cfg: ExperimentConfig, sched: dict, schema: DataSchema,
         "learning_rate": s.learning_rate, "batch_size": s.batch_size, "seed": s.seed,
         "derive": s.derive,
     }
+    for key in BUDGET_KEYS:
+        if getattr(s, key):
+            hparams[key] = getattr(s, key)
+            hparams["budget_multiplier_lr"] = s.budget_multiplier_lr
     if s.temperature == "paper":  # the decay only shapes the paper's schedule
         hparams["temperature_decay"] = s.temperature_decay
     return hparams
@@ -209,18 +230,22 @@ def main(argv=None) -> int:
                              "MODEL_DIR/seed<k>/, report the Pearson/Spearman correlation of the "
                              "chosen dims between seeds and write the per-field median as "
                              "MODEL_DIR/dims.json (pipeline/consensus.py)")
+    budget_lib.add_flags(parser)
     args = parser.parse_args(argv)
 
     def body():
         from pipeline.memory import parse_bytes
 
         seeds = _seeds_option(args)  # checked before anything runs
+        budget_sets = budget_lib.overrides(args)  # a bad budget is refused before anything
         limit = None if args.memory_limit is None else parse_bytes(args.memory_limit)
         # the strategy must precede any TensorFlow op
         strategy = make_cli_strategy(args.logical_cpus, args.strategy)
         schema = DataSchema.load(args.data_dir)
         preset = args.preset or preset_for_dataset(schema.dataset)
-        cfg = resolve(preset, args.config, args.set)
+        cfg = resolve(preset, args.config, args.set + budget_sets)
+        budget_lib.resolve(cfg.search, [f.vocab_size for f in schema.fields],
+                           cfg.model.candidate_dims)  # before TensorFlow starts
         if seeds is not None:
             from pipeline.consensus import run_seeds, seed_list
 

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from configs import fileio
+from pipeline import budget as budget_lib
 from pipeline import runtime, summaries
 from pipeline.controller import CallResult, Controller, EvalLogs, Hook, LoopSettings, Task
 from pipeline.parameter_server import dispatch
@@ -23,8 +24,9 @@ from pipeline.trainer import (
 
 
 def param_cost_fn(embedding, search_cfg, vocab_sizes):
-    """lambda x mean_m w_m E[d_m] / d_max (w = 1, or the field's vocabulary share x M)."""
-    if not search_cfg.param_cost:
+    """lambda x mean_m w_m E[d_m] / d_max (w = 1, or the field's vocabulary share x M). None with
+    a budget (`pipeline.budget.BudgetConstraint`'s multiplier then weighs the parameters)."""
+    if not search_cfg.param_cost or budget_lib.requested(search_cfg):
         return None
     dmax = float(embedding.candidate_dims_matrix.max())
     if search_cfg.param_cost_weighting == "params":
@@ -72,10 +74,14 @@ class SearchTask(Task):
             else:
                 temp_fn = anneal_temperature(s.temperature_min, self.pretrain,
                                              sched["search_steps"])
+            self.budget = budget_lib.resolve(s, vocab_sizes, m.candidate_dims)
+            self.constraint = None if self.budget is None else budget_lib.BudgetConstraint(
+                model.embedding, vocab_sizes, self.budget, s.budget_multiplier_lr)
             self.runner = StepRunner(
                 strategy, model, opts, s.batch_size, temperature_var=model.embedding.temperature,
                 temperature_fn=temp_fn,
-                arch_regularizer=param_cost_fn(model.embedding, s, vocab_sizes))
+                arch_regularizer=param_cost_fn(model.embedding, s, vocab_sizes),
+                arch_constraint=self.constraint)
         self.model, self.opts, self.embedding = model, opts, model.embedding
 
     def settings(self) -> LoopSettings:
@@ -86,7 +92,9 @@ class SearchTask(Task):
                             keep_checkpoints=s.keep_checkpoints, global_batch_size=s.batch_size)
 
     def trackables(self) -> dict:
-        return {"model": self.model, "step": self.runner.step, **self.opts.trackables()}
+        extra = {} if self.constraint is None else {
+            "budget_multiplier": self.constraint.multiplier}
+        return {"model": self.model, "step": self.runner.step, **self.opts.trackables(), **extra}
 
     def start(self, step: int) -> None:
         s = self.cfg.search
@@ -124,9 +132,10 @@ class SearchTask(Task):
         return float(self.embedding.temperature.numpy())
 
     def train_scalars(self) -> dict:
+        budget = {} if self.constraint is None else self.constraint.scalars()
         return {"temperature": self.temperature(),
                 "learning_rate/model": self.cfg.search.learning_rate,
-                "learning_rate/arch": self.sched["arch_learning_rate"]}
+                "learning_rate/arch": self.sched["arch_learning_rate"], **budget}
 
     def progress_values(self) -> dict:
         return {"tau": self.temperature()}
@@ -138,6 +147,11 @@ class SearchTask(Task):
                 f"{self.strategy.num_replicas_in_sync} replica(s); pretrain {self.pretrain} + "
                 f"search {sched['search_steps']} steps, alpha every {self.f} steps "
                 f"(lr {sched['arch_learning_rate']:.3g})"
+                + (f"; budget {self.budget.params:,} embedding parameters "
+                   f"({self.budget.flag} {budget_lib.format_value(self.budget.value)}"
+                   + (", not below the largest model: it binds nothing"
+                      if self.budget.params >= self.budget.full else "") + ")"
+                   if self.budget else "")
                 + (f"; resumed at step {step} from {resumed}" if resumed else ""))
 
     def hparams(self) -> dict:
@@ -206,6 +220,36 @@ class Derivation(Hook):
         summaries.write_derivation(ctl.writers["train"], ctl.step, record)
         return record
 
+    def fit_budget(self, ctl: Controller, result: dict) -> None:
+        """Repairs (and fills) the derived dims to the budget on validation rows
+        (`pipeline.budget.fit_budget`) and records it as dims.json's "budget"."""
+        from pipeline import derive
+
+        task, s = self.task, self.task.cfg.search
+        names = result["field_order"]
+        vocab = [result["fields"][n]["vocab_size"] for n in names]
+        start = [result["fields"][n]["dim"] for n in names]
+        ids, labels = derive.load_rows(task.data_dir, task.schema, s.derive_max_rows,
+                                       s.batch_size)
+        emb = task.embedding
+        saved = np.array(emb.alpha.numpy(), copy=True)
+        try:
+            fitted = budget_lib.fit_budget(
+                derive.OneHotEvaluator(task.model, ids, labels, s.batch_size), start,
+                emb.field_candidates, vocab, task.budget.params, names)
+        finally:
+            emb.alpha.assign(saved)
+        budget_lib.apply_dims(result, fitted["dims"])
+        if result["derivation"]["method"] != "validated":  # the argmax stays on record
+            for n, d in zip(names, start):
+                if result["fields"][n]["dim"] != d:
+                    result["fields"][n]["argmax_dim"] = d
+        c = task.constraint
+        result["budget"] = budget_lib.record(
+            task.budget, result["embedding_params"], fitted, float(c.multiplier.numpy()),
+            float(c.expected_params().numpy()))
+        ctl.log(budget_lib.format_record(result["budget"]))
+
     def end(self, ctl: Controller) -> None:
         from pipeline.search import DIMS_FILE, dims_record, format_dims
 
@@ -214,6 +258,8 @@ class Derivation(Hook):
         final = self.final_metrics(ctl)
         result = dims_record(task.schema, task.cfg, probs, chosen, task.sched, step,
                              self.derive(ctl))
+        if task.budget is not None:
+            self.fit_budget(ctl, result)
         derived = derived_valid_metrics(task.runner, emb, result, task.eval_ds)
         final = {**final, "derived_valid_loss": derived["loss"],
                  "derived_valid_auc": derived["auc"]}

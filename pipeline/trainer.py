@@ -106,11 +106,14 @@ class StepRunner:
     joint(it, n): n steps updating weights and alpha on the same training batch (AutoDim-s).
     evaluate(dataset): loss/AUC over a finite distributed dataset.
     The temperature (a variable of the search embedding) is set from `temperature_fn(step)` before
-    every step, in cross-replica context.
+    every step, in cross-replica context. `arch_constraint` (`pipeline.budget.BudgetConstraint`):
+    its `penalty()` joins the architecture loss and its `update()` (the Lagrange multiplier's dual
+    step) runs after every alpha update, in cross-replica context on the all-reduced alpha.
     """
 
     def __init__(self, strategy, model, optimizers: Optimizers, global_batch_size: int,
-                 temperature_var=None, temperature_fn=None, arch_regularizer=None):
+                 temperature_var=None, temperature_fn=None, arch_regularizer=None,
+                 arch_constraint=None):
         self.strategy = strategy
         self.model = model
         self.opt = optimizers
@@ -118,6 +121,7 @@ class StepRunner:
         self.temperature_var = temperature_var
         self.temperature_fn = temperature_fn
         self.arch_regularizer = arch_regularizer
+        self.arch_constraint = arch_constraint
         with strategy.scope():
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             # coarse bins for the training stream (monitoring only, on the hot path)
@@ -137,9 +141,16 @@ class StepRunner:
 
     def _arch_penalty(self):
         """The architecture regulariser, scaled so its replica-summed gradient counts once."""
-        if self.arch_regularizer is None:
+        terms = [f() for f in (self.arch_regularizer,
+                                getattr(self.arch_constraint, "penalty", None)) if f is not None]
+        if not terms:
             return 0.0
-        return tf.nn.scale_regularization_loss(self.arch_regularizer())
+        return tf.nn.scale_regularization_loss(tf.add_n(terms))
+
+    def _after_arch_update(self):
+        """The constraint's multiplier step (cross-replica context)."""
+        if self.arch_constraint is not None:
+            self.arch_constraint.update()
 
     def _weight_step(self, ids, labels, with_arch: bool = False):
         dense = self.model.dense_variables
@@ -178,6 +189,8 @@ class StepRunner:
         self._set_temperature()
         ids, labels = next(iterator)
         loss, stats = self.strategy.run(self._weight_step, args=(ids, labels, with_arch))
+        if with_arch:
+            self._after_arch_update()
         self.step.assign_add(1)
         self.train_stats.add(self.strategy, stats)
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
@@ -200,6 +213,7 @@ class StepRunner:
             self._set_temperature()
             ids, labels = next(val_iterator)
             self.strategy.run(self._arch_step, args=(ids, labels))
+            self._after_arch_update()
             for _ in tf.range(f):
                 total += self._one_weight_step(train_iterator)
         return total
