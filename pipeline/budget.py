@@ -26,9 +26,11 @@ a hard one-hot (`pipeline.derive.OneHotEvaluator`), each architecture once.
   (budgets below it are refused before anything runs), so the result is never over B.
 - fill: while the architecture is under FILL_BELOW x B, every field one candidate up that still
   fits is tried; the move with the largest validation-loss decrease per parameter added is taken
-  if it lowers the mean loss at all (`z` = 0; the budget is memory the user has granted, and
-  larger dimensions the supernet scores as better usually retrain no worse: docs/DESIGN.md,
-  "Derivation"), else filling stops.
+  if one lowers the mean loss at all (`z` = 0), else the move with the smallest increase per
+  parameter ("improves": false): the budget is memory the user has granted, the result lands in
+  [FILL_BELOW x B, B] unless no candidate step fits, and larger dimensions usually retrain no
+  worse (docs/DESIGN.md, "Derivation"; under-filled budgets retrained below the FDE frontier:
+  BENCHMARKS.md, "Memory budget").
 dims.json records both lists under "budget".
 """
 from __future__ import annotations
@@ -274,24 +276,24 @@ def fit_budget(evaluate: Callable[[tuple], np.ndarray], start: Sequence[int],
         current = current[:m] + (to,) + current[m + 1:]
     while fill and params_of(current, vocab_sizes) < FILL_BELOW * budget:
         room = budget - params_of(current, vocab_sizes)
-        best = None
+        best = best_any = None
         for m, cands in enumerate(candidates):
             to = _step(cands, current[m], up=True)
             if to is None or int(vocab_sizes[m]) * (to - current[m]) > room:
                 continue
             trial = current[:m] + (to,) + current[m + 1:]
             delta, se = paired_difference(losses(trial), losses(current))
-            if not delta < -z * se:
-                continue
             added = int(vocab_sizes[m]) * (to - current[m])
-            score = delta / added
-            if best is None or score < best[0]:
-                best = (score, m, to, added, delta)
-        if best is None:
+            move = (delta / added, m, to, added, delta)
+            if best_any is None or move[0] < best_any[0]:
+                best_any = move
+            if delta < -z * se and (best is None or move[0] < best[0]):
+                best = move
+        if best_any is None:  # nothing fits any more: as close as the candidates allow
             break
-        _, m, to, added, delta = best
+        _, m, to, added, delta = best if best is not None else best_any
         grown.append({"field": names[m], "from": current[m], "to": to, "params_saved": -added,
-                      "valid_loss_delta": delta})
+                      "valid_loss_delta": delta, "improves": best is not None})
         current = current[:m] + (to,) + current[m + 1:]
     assert params_of(current, vocab_sizes) <= budget
     return {"dims": list(current), "repair": repair, "fill": grown, "evaluations": len(cache)}

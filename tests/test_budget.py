@@ -221,6 +221,26 @@ def test_fill_grows_only_where_the_loss_improves_and_stays_within():
     assert out["dims"] == [16, 2, 2] and not out["repair"]
     assert [s["to"] for s in out["fill"]] == [8, 16]  # 24 would exceed 2000
     assert all(s["params_saved"] < 0 and s["valid_loss_delta"] < 0 for s in out["fill"])
+    assert all(s["improves"] for s in out["fill"])
+
+
+def test_fill_reaches_the_budget_window_when_no_move_improves():
+    vocab = [100, 1000, 10]
+    costs = [0.0, 0.0, 0.0]  # no field gains from a larger dimension
+    for budget in (5_300, 20_000, 36_000):
+        out = budget_lib.fit_budget(_fake_losses(costs), (2, 2, 2), [DIMS] * 3, vocab, budget,
+                                    ["a", "b", "c"])
+        used = budget_lib.params_of(out["dims"], vocab)
+        assert 0.95 * budget <= used <= budget, (budget, out["dims"])
+        assert out["fill"] and not any(s["improves"] for s in out["fill"])
+    # a move that improves is taken before the cheapest non-improving one
+    out = budget_lib.fit_budget(_fake_losses([0.0, 0.0, 1.0]), (2, 2, 2), [DIMS] * 3, vocab,
+                                20_000, ["a", "b", "c"])
+    assert out["fill"][0]["field"] == "c" and out["fill"][0]["improves"]
+    # the candidates' granularity can leave it below the window, never over the budget
+    out = budget_lib.fit_budget(_fake_losses(costs), (2, 2, 2), [DIMS] * 3, [1000, 1000, 1000],
+                                7_000, ["a", "b", "c"])
+    assert budget_lib.params_of(out["dims"], [1000] * 3) == 6_000
 
 
 # ---------------------------------------------------------------------- refusals
