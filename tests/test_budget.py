@@ -71,10 +71,15 @@ def test_budgets_are_met_and_auc_does_not_fall_as_the_budget_grows(searches):
         params = sum(v * dims["fields"][f"f{i}"]["dim"] for i, v in enumerate(VOCAB))
         assert params == dims["embedding_params"] == b["achieved"] <= budget
         assert b["share_of_budget"] == pytest.approx(params / budget)
+        # in the 5% window under the budget, unless no field's next candidate still fits
+        dims_now = [dims["fields"][f"f{i}"]["dim"] for i in range(len(VOCAB))]
+        fits = [v * (min([c for c in DIMS if c > d], default=10**9) - d) <= budget - params
+                for v, d in zip(VOCAB, dims_now)]
+        assert b["share_of_budget"] >= 0.95 or not any(fits), (ratio, dims_now)
         assert json.loads((model_dir / "dims.json").read_text())["budget"] == b
         # the derived architecture's validation AUC (one-hot supernet, whole valid split)
         aucs.append(dims["final_metrics"]["derived_valid_auc"])
-    # measured 0.685 / 0.821 / 0.849; 25% finds the planted dim 8 of f0, f1, f3 exactly
+    # measured 0.685 / 0.818 / 0.848 (704 / 1,808 / 3,536 params: 95 / 97 / 95% of the budget)
     assert aucs[1] >= aucs[0] - 0.005 and aucs[2] >= aucs[1] - 0.005, aucs
     assert aucs[1] > aucs[0] + 0.05, aucs  # 10% cannot hold the planted rank; 25% can
     dims25 = searches[0.25][1]["fields"]
