@@ -22,6 +22,7 @@ CLIS = {
     "pipeline.predict": ["--model", "m", "--input", "x", "--output", "o.csv"],
     "benchmarks.quality": [],
     "benchmarks.ablation": [],
+    "benchmarks.transfer": [],
     "benchmarks.search_step": [],
     "benchmarks.preprocess": [],
     "benchmarks.serving": [],
