@@ -23,6 +23,7 @@ CLIS = {
     "pipeline.report": ["--run", "d", "--output", "o"],
     "benchmarks.quality": [],
     "benchmarks.ablation": [],
+    "benchmarks.transfer": [],
     "benchmarks.search_step": [],
     "benchmarks.preprocess": [],
     "benchmarks.serving": [],
