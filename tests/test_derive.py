@@ -178,8 +178,8 @@ def test_derive_settings_are_validated_and_left_out_of_the_run_hash():
                                                     "search.derive_z=3", "search.derive_sweeps=1"])
     assert experiment.run_hash(validated) == experiment.run_hash(cfg)
     data = to_dict(cfg)
-    for key in experiment.POST_SEARCH_KEYS:
-        del data["search"][key]
+    for key in (*experiment.POST_SEARCH_KEYS, *experiment.BUDGET_KEYS, "budget_multiplier_lr"):
+        del data["search"][key]  # the derivation's keys, and the budget's while none is set
     assert experiment.run_hash(cfg) == config_hash(data)  # = the hash before the keys existed
     other = experiment.resolve("frappe", None, ["search.param_cost=0.1"])
     assert experiment.run_hash(other) != experiment.run_hash(cfg)
