@@ -243,15 +243,9 @@ def fit_budget(evaluate: Callable[[tuple], np.ndarray], start: Sequence[int],
     where the validation loss improves (module docstring). evaluate(dims tuple) -> per-example
     validation losses, the same rows every call. Returns {"dims", "repair", "fill",
     "evaluations"}."""
-    from pipeline.derive import paired_difference
+    from pipeline.derive import cached_losses, paired_difference
 
-    cache: dict[tuple, np.ndarray] = {}
-
-    def losses(dims: tuple) -> np.ndarray:
-        if dims not in cache:
-            cache[dims] = np.asarray(evaluate(dims), np.float64)
-        return cache[dims]
-
+    losses, cache = cached_losses(evaluate)
     current = tuple(int(d) for d in start)
     smallest = tuple(min(c) for c in candidates)
     if params_of(smallest, vocab_sizes) > budget:

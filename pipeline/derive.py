@@ -85,6 +85,18 @@ def margin_order(probs) -> list[int]:
     return [int(i) for i in np.argsort(margins, kind="stable")]
 
 
+def cached_losses(evaluate: Callable[[tuple], np.ndarray]):
+    """(losses, cache): `evaluate` memoised by architecture (each one evaluated once), as float64;
+    len(cache) is the number of evaluations."""
+    cache: dict[tuple, np.ndarray] = {}
+
+    def losses(dims: tuple) -> np.ndarray:
+        if dims not in cache:
+            cache[dims] = np.asarray(evaluate(dims), np.float64)
+        return cache[dims]
+    return losses, cache
+
+
 def coordinate_descent(evaluate: Callable[[tuple], np.ndarray], start: Sequence[int],
                        candidates: Sequence[Sequence[int]], order: Sequence[int], z: float,
                        sweeps: int, field_names: Sequence[str] | None = None,
@@ -95,13 +107,7 @@ def coordinate_descent(evaluate: Callable[[tuple], np.ndarray], start: Sequence[
     evaluate(dims tuple) -> per-example losses (the same rows every call). Returns the final dims,
     the accepted moves in order, the number of evaluations, the sweeps run and both losses."""
     names = list(field_names) if field_names is not None else [str(i) for i in range(len(start))]
-    cache: dict[tuple, np.ndarray] = {}
-
-    def losses(dims: tuple) -> np.ndarray:
-        if dims not in cache:
-            cache[dims] = np.asarray(evaluate(dims), np.float64)
-        return cache[dims]
-
+    losses, cache = cached_losses(evaluate)
     current = tuple(int(d) for d in start)
     start_loss = losses(current)
     moves, sweeps_run = [], 0

@@ -20,7 +20,6 @@ shuffled order (the strategy gives every worker input pipeline 0: `per_worker_st
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -39,17 +38,9 @@ def cluster_task(tf_config: str | None) -> tuple[str, int, int, int]:
     for a parameter-server cluster; ConfigError naming what is wrong."""
     example = ('{"cluster": {"chief": ["host0:port"], "ps": ["host1:port", "host2:port"], '
                '"worker": ["host3:port", "host4:port"]}, "task": {"type": "chief", "index": 0}}')
-    if not tf_config:
-        raise ConfigError("--strategy parameter_server needs the TF_CONFIG environment variable "
-                          f"(the cluster and this task, e.g. {example})")
-    try:
-        config = json.loads(tf_config)
-    except ValueError as exc:
-        raise ConfigError(f"TF_CONFIG is not JSON ({exc})") from None
-    cluster = config.get("cluster") if isinstance(config, dict) else None
-    task = config.get("task") if isinstance(config, dict) else None
-    if not isinstance(cluster, dict) or not isinstance(task, dict):
-        raise ConfigError("TF_CONFIG needs a \"cluster\" and a \"task\" object")
+    from pipeline.strategy import parse_tf_config
+
+    cluster, task = parse_tf_config(tf_config, "parameter_server", example)
     for job in cluster:
         if job not in JOBS:
             raise ConfigError(f"TF_CONFIG cluster job {job!r}: ParameterServerStrategy has "

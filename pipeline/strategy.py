@@ -69,14 +69,12 @@ def make_strategy(logical_cpus: int = 0, kind: str = "auto") -> tf.distribute.St
     return tf.distribute.get_strategy()
 
 
-def cluster_role(tf_config: str | None) -> tuple[bool, int, int]:
-    """(chief, this task's index among the tasks that train, number of such tasks) of a TF_CONFIG
-    value; a missing or malformed one is a ConfigError naming what is wrong."""
+def parse_tf_config(tf_config: str | None, kind: str, example: str) -> tuple[dict, dict]:
+    """The "cluster" and "task" objects of a TF_CONFIG value for `--strategy kind`; a missing or
+    malformed one is a ConfigError naming what is wrong (with `example`)."""
     if not tf_config:
-        raise ConfigError("--strategy multi_worker needs the TF_CONFIG environment variable "
-                          "(the cluster and this task, e.g. {\"cluster\": {\"worker\": "
-                          "[\"host1:port\", \"host2:port\"]}, \"task\": {\"type\": \"worker\", "
-                          "\"index\": 0}})")
+        raise ConfigError(f"--strategy {kind} needs the TF_CONFIG environment variable "
+                          f"(the cluster and this task, e.g. {example})")
     try:
         config = json.loads(tf_config)
     except ValueError as exc:
@@ -85,6 +83,15 @@ def cluster_role(tf_config: str | None) -> tuple[bool, int, int]:
     task = config.get("task") if isinstance(config, dict) else None
     if not isinstance(cluster, dict) or not isinstance(task, dict):
         raise ConfigError("TF_CONFIG needs a \"cluster\" and a \"task\" object")
+    return cluster, task
+
+
+def cluster_role(tf_config: str | None) -> tuple[bool, int, int]:
+    """(chief, this task's index among the tasks that train, number of such tasks) of a TF_CONFIG
+    value; a missing or malformed one is a ConfigError naming what is wrong."""
+    cluster, task = parse_tf_config(
+        tf_config, "multi_worker", '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
+        '"task": {"type": "worker", "index": 0}}')
     kind, index = task.get("type"), task.get("index")
     jobs = [job for job in ("chief", "worker") if cluster.get(job)]
     if kind not in jobs or not isinstance(index, int) or not 0 <= index < len(cluster[kind]):
