@@ -484,8 +484,9 @@ def main(argv=None) -> int:
         ratios[key] = median(r["ratio"])
         cpu_ratio = median([t / o for t, o in zip(r["torch_cpu"], r["ours_cpu"])])
         print(f"{row_label(*key):<24}{median(r['ours']):>11,.0f}{median(r['torch']):>12,.0f}"
-              f"{ratios[key]:>7.2f}{min(r['ratio']):>7.2f}{max(r['ratio']):>7.2f}"
-              f"{max(r['ours']) / max(r['torch']):>7.2f}"
+              # a space before each ratio: a ratio of 1000 or more still splits from its neighbour
+              f" {ratios[key]:>6.2f} {min(r['ratio']):>6.2f} {max(r['ratio']):>6.2f}"
+              f" {max(r['ours']) / max(r['torch']):>6.2f}"
               f"{median(r['ours_cpu']):>13.1f}{median(r['torch_cpu']):>14.1f}{cpu_ratio:>11.2f}  "
               + ", ".join(f"{p} {r['policy'].count(p)}/{len(r['policy'])}"
                           for p in sorted(set(r["policy"]))))
