@@ -131,12 +131,10 @@ def main(argv=None) -> int:
         parser.error(f"--budgets: shares in (0, 1], got {args.budgets!r}")
     if len(frontier) < 2 or min(frontier) < 1:
         parser.error(f"--frontier needs at least two positive dimensions, got {args.frontier!r}")
-    from benchmarks.quality import INPUTS, preprocess
+    from benchmarks.quality import INPUTS, data_root, preprocess
 
-    root = Path(args.data_root)
-    if not root.is_dir():
-        print(f"skipped: data root {root} does not exist (the licensed datasets are not part of "
-              f"the repository)")
+    root = data_root(args.data_root)
+    if root is None:
         return 0
     work = Path(args.workdir)
     datasets = [d for d in args.datasets.split(",") if d]

@@ -46,6 +46,16 @@ INPUTS = {
 }
 
 
+def data_root(path: str) -> Path | None:
+    """The --data_root directory, or None after printing why the benchmark skips (absent)."""
+    root = Path(path)
+    if not root.is_dir():
+        print(f"skipped: data root {root} does not exist (the licensed datasets are not part of "
+              f"the repository)")
+        return None
+    return root
+
+
 def preprocess(data_root: Path, work: Path, dataset: str) -> Path:
     from configs.features import SCHEMA_FILE
     from preprocessing import run as beam_job
@@ -311,10 +321,8 @@ def main(argv=None) -> int:
             tune_embeddings = parse_embeddings(args.tune_embeddings)
         except ConfigError as exc:
             parser.error(str(exc).replace("--search_embeddings", "--tune_embeddings"))
-    root = Path(args.data_root)
-    if not root.is_dir():
-        print(f"skipped: data root {root} does not exist (the licensed datasets are not part of "
-              f"the repository)")
+    root = data_root(args.data_root)
+    if root is None:
         return 0
     work = Path(args.workdir)
     seeds = [int(s) for s in args.seeds.split(",") if s != ""]

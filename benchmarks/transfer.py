@@ -204,10 +204,8 @@ def main(argv=None) -> int:
     if output.exists() and not output.read_text(encoding="utf-8").startswith(TITLE):
         parser.error(f"--output {output} exists and was not written by benchmarks.transfer; "
                      "choose another file")
-    root = Path(args.data_root)
-    if not root.is_dir():
-        print(f"skipped: data root {root} does not exist (the licensed datasets are not part of "
-              f"the repository)")
+    root = quality.data_root(args.data_root)
+    if root is None:
         return 0
     present = [d for d in datasets if any(root.glob(quality.INPUTS[d]))]
     for d in datasets:
