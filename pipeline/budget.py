@@ -5,17 +5,23 @@ dims.json calls `embedding_params`), given directly (`search.budget`), as a shar
 every field at the largest candidate (`search.budget_ratio`) or in bytes of the serving dtype
 (`search.budget_bytes`; the SavedModel serves float32 tables, SERVING_DTYPE_BYTES = 4).
 
-During the search (`BudgetConstraint`): the constraint is g = log(E[P] / T) <= 0, where
+During the search (`BudgetConstraint`): the search aims at T = TARGET_SHARE x B, the middle of
+the 5% window under the budget, from both sides: g = log(E[P] / T), where
 E[P] = sum_m vocab_m x E_softmax(alpha_m)[d] is the expected number of parameters under alpha's
-probabilities and T = TARGET_SHARE x B aims inside the 5% window under the budget. The
-architecture loss gets the augmented-Lagrangian term w x g with w = max(0, mu + rho x g) held
-constant in the gradient: the multiplier mu (a non-trainable variable, checkpointed with the
-search) integrates the violation after every alpha update by projected dual ascent,
-mu <- max(0, mu + lr x g) (`search.budget_multiplier_lr`), and rho x g (PROPORTIONAL) reacts at
-once, which damps the overshoot a pure integral has under Adam's fixed-size alpha steps. Both
-run in cross-replica context on the (already all-reduced) alpha, so every replica holds the same
-mu. The log makes the violation scale-free (a budget 5x under the start weighs like 5x over).
-While the budget is set it replaces `search.param_cost` (w is the cost's weight).
+probabilities. The architecture loss gets the augmented-Lagrangian term w x g with
+w = mu + rho x g held constant in the gradient: the multiplier mu (a non-trainable variable,
+checkpointed with the search) integrates the violation after every alpha update,
+mu <- mu + lr x g (`search.budget_multiplier_lr`), and rho x g (PROPORTIONAL) reacts at once,
+which damps the overshoot a pure integral has under Adam's fixed-size alpha steps. Both run in
+cross-replica context on the (already all-reduced) alpha, so every replica holds the same mu.
+The log makes the violation scale-free (a budget 5x under the start weighs like 5x over).
+The constraint is an equality, E[P] = T, not E[P] <= T: mu and w go negative when alpha has
+moved under the target, and then pull the large fields' probabilities back up. The budget is
+memory the user has granted, and with a one-sided constraint the early pressure collapsed the
+largest fields to the smallest candidate (the other branches then stop training), leaving the
+argmax far under the budget and the fill scoring the larger branches on untrained weights
+(docs/DESIGN.md, "A hard memory budget"). While the budget is set it replaces
+`search.param_cost` (w is the cost's weight).
 
 After the search (`fit_budget`, numpy): the derived dimensions (argmax, or the validated
 derivation's) are scored on the first `search.derive_max_rows` validation rows with alpha set to
@@ -195,12 +201,12 @@ class BudgetConstraint:
         return tf.math.log(self.expected_params() / self.target)
 
     def weight(self):
-        """The penalty's weight max(0, mu + rho x g) (the augmented Lagrangian's: the
-        proportional term rho x g reacts at once, the multiplier mu integrates)."""
+        """The penalty's weight mu + rho x g (the augmented Lagrangian's: the proportional term
+        rho x g reacts at once, the multiplier mu integrates); negative under the target."""
         import tensorflow as tf
 
         mu = tf.convert_to_tensor(self.multiplier)
-        return tf.maximum(0.0, mu + self.rho * tf.stop_gradient(self.violation()))
+        return mu + self.rho * tf.stop_gradient(self.violation())
 
     def penalty(self):
         """weight x g, the weight held constant (neither mu nor rho x g is trained)."""
@@ -209,12 +215,12 @@ class BudgetConstraint:
         return tf.stop_gradient(self.weight()) * self.violation()
 
     def update(self) -> None:
-        """Projected dual ascent after an alpha update, mu <- max(0, mu + lr x g) (cross-replica
+        """Dual ascent after an alpha update, mu <- mu + lr x g (cross-replica
         context: alpha is the same on every replica, so is the new multiplier)."""
         import tensorflow as tf
 
         mu = tf.convert_to_tensor(self.multiplier)
-        self.multiplier.assign(tf.maximum(0.0, mu + self.lr * self.violation()))
+        self.multiplier.assign(mu + self.lr * self.violation())
 
     def scalars(self) -> dict:
         """The TensorBoard scalars (eager)."""

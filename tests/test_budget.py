@@ -147,7 +147,7 @@ class _Embedding:
         return tf.convert_to_tensor(self.var)
 
 
-def test_the_multiplier_integrates_the_log_violation_and_stays_non_negative():
+def test_the_multiplier_integrates_the_log_violation_from_both_sides():
     import tensorflow as tf
 
     vocab = [100, 50]
@@ -166,14 +166,22 @@ def test_the_multiplier_integrates_the_log_violation_and_stays_non_negative():
     grad = tape.gradient(p, emb.var).numpy()
     weight = 0.5 * g + budget_lib.PROPORTIONAL * g
     assert grad == pytest.approx(weight * np.asarray(vocab) / 2000, rel=1e-4)
-    emb.var.assign([4.0, 2.0])  # E[P] = 500: under the target, mu shrinks and is projected to 0
+    emb.var.assign([4.0, 2.0])  # E[P] = 500: under the target, mu shrinks ...
     update()
-    expected = max(0.0, 0.5 * g + 0.5 * np.log(500 / target))
-    assert 0 < float(c.multiplier.numpy()) == pytest.approx(expected, abs=1e-6)
-    for _ in range(5):
+    under = np.log(500 / target)
+    expected = 0.5 * g + 0.5 * under
+    assert float(c.multiplier.numpy()) == pytest.approx(expected, abs=1e-6)
+    for _ in range(5):  # ... and goes negative: an equality constraint, E[P] = T
         update()
-    assert float(c.multiplier.numpy()) == 0.0
-    assert float(c.weight()) == 0.0  # under the budget with mu = 0: no pressure
+    expected += 5 * 0.5 * under
+    assert expected < 0
+    assert float(c.multiplier.numpy()) == pytest.approx(expected, rel=1e-5)
+    assert float(c.weight()) == pytest.approx(expected + budget_lib.PROPORTIONAL * under, rel=1e-5)
+    # a negative weight's gradient is negative: descending it raises E[d], the large field most
+    with tf.GradientTape() as tape:
+        p = c.penalty()
+    grad = tape.gradient(p, emb.var).numpy()
+    assert (grad < 0).all() and grad[0] == pytest.approx(2 * grad[1], rel=1e-5)
 
 
 # ---------------------------------------------------------------------- repair (unit)
