@@ -29,8 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import check_output, write_output
 from benchmarks.quality import FRONTIER, INPUTS, frontier_auc, one_run, preprocess
 from configs.cli import StrictArgumentParser
+
+TITLE = "## Per-field ablation"
 
 
 def parse_grid(items) -> list[tuple[str, list[int]]]:
@@ -144,6 +147,8 @@ def main(argv=None) -> int:
         parser.error(f"--frontier needs at least two positive dimensions, got {args.frontier!r}")
     if not seeds:
         parser.error("--seeds is empty")
+    if args.output:
+        check_output(parser, args.output, TITLE)
 
     from configs.experiment import preset_for_dataset, resolve
     from configs.features import DataSchema
@@ -203,9 +208,9 @@ def main(argv=None) -> int:
     if args.output:
         from pipeline.runtime import atomic_write_json
 
-        text = [f"## Per-field ablation: {dataset}, {backbone}, seeds "
+        text = [f"{TITLE}: {dataset}, {backbone}, seeds "
                 f"{','.join(map(str, seeds))}", "", f"Command: `{command}`", "", *table, ""]
-        Path(args.output).write_text("\n".join(text), encoding="utf-8")
+        write_output(Path(args.output), text)
         atomic_write_json(Path(args.output).with_suffix(".json"),
                           {"command": command, "fde": fde, "variants": variants})
     print("\n".join(table))

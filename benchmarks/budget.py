@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import check_output, write_output
 from configs.cli import StrictArgumentParser
 
 BUDGETS = (0.1, 0.25, 0.5)
 FRONTIER = (2, 4, 8, 16, 32)
+TITLE = "## Memory budget (benchmarks.budget)"
 
 
 def budget_label(ratio: float) -> str:
@@ -133,6 +135,7 @@ def main(argv=None) -> int:
         parser.error(f"--frontier needs at least two positive dimensions, got {args.frontier!r}")
     from benchmarks.quality import INPUTS, data_root, preprocess
 
+    check_output(parser, args.output, TITLE)
     root = data_root(args.data_root)
     if root is None:
         return 0
@@ -177,20 +180,15 @@ def main(argv=None) -> int:
 
 def write_table(args, argv, results, budgets, frontier) -> list[str]:
     """The markdown table so far, written atomically to --output (after every run group)."""
-    from configs.cli import atomic_output
-
     command = "python -m benchmarks.budget " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     table = summarise(results, budgets, frontier)
-    text = ["## Memory budget (benchmarks.budget)", "", f"Command: `{command}`", "",
+    text = [TITLE, "", f"Command: `{command}`", "",
             "Test AUC: mean ± std over the seeds run; Params: embedding parameters of the "
             "retrained model (mean; share of the budget: mean and max over seeds); 'vs FDE "
             "frontier': AUC minus the FDE AUC interpolated in log params at Params.", "", *table,
             ""]
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out, "w", replace=True, encoding="utf-8") as fh:
-        fh.write("\n".join(text))
+    write_output(Path(args.output), text)
     return table
 
 

@@ -2,7 +2,7 @@
 
     python -m benchmarks.quality --data_root ../shared/data [--datasets movielens-100k,frappe]
         [--backbones fm,wide_deep,deepfm] [--seeds 0,1,2] [--workdir runs/quality]
-        [--output BENCHMARKS.md] [--samples criteo,avazu] [--frontier 8,16,32]
+        [--output FILE] [--samples criteo,avazu] [--frontier 8,16,32]
 
 For each dataset (preprocessed once with the Beam job into WORKDIR/data/NAME), backbone and seed:
 FDE at 8, 16 and 32 (the frontier), RaS (random dims over the candidates), AutoDim-s, AutoDim
@@ -16,9 +16,9 @@ pipeline/consensus.py, written to WORKDIR/NAME/BACKBONE/consensus_seeds<S1-S2-..
 retrained with each seed's retrain.seed; the searches are the `autodim` runs' own, run here first
 when missing; the table below the main one gives the seeds' Pearson and Spearman). Criteo and Avazu
 samples get one seed (they only show the pipeline runs on real logs; too small for quality
-claims). Every run is resumable: rerunning the command skips
-finished runs. Writes a markdown table (mean and std over seeds) to --output, with the command.
-Skips cleanly when --data_root does not exist.
+claims). Every run is resumable: rerunning the command skips finished runs. Writes a markdown
+table (mean and std over seeds) to --output (default WORKDIR/quality.md; an existing file only if
+this benchmark wrote it), with the command. Skips cleanly when --data_root does not exist.
 """
 from __future__ import annotations
 
@@ -32,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import check_output, write_output
 from configs.cli import StrictArgumentParser
 
 FRONTIER = (8, 16, 32)
+TITLE = "## Quality (benchmarks.quality)"
 SEARCHED = ("ras", "autodim_s", "autodim", "autodim_validated", "autodim_tuned",
             "autodim_consensus")
 TUNE_COSTS = (0.01, 0.05)
@@ -284,7 +286,9 @@ def main(argv=None) -> int:
                         help="FDE dimensions that make the frontier (the issue's 8,16,32; add 2,4 "
                              "to check small-dimension baselines)")
     parser.add_argument("--workdir", default="runs/quality")
-    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--output", default=None,
+                        help="the markdown table (default: WORKDIR/quality.md); an existing file "
+                             "is replaced only if this benchmark wrote it")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config overrides for every run")
     parser.add_argument("--tune_costs", default=",".join(map(str, TUNE_COSTS)),
@@ -321,6 +325,7 @@ def main(argv=None) -> int:
             tune_embeddings = parse_embeddings(args.tune_embeddings)
         except ConfigError as exc:
             parser.error(str(exc).replace("--search_embeddings", "--tune_embeddings"))
+    output = check_output(parser, args.output or Path(args.workdir) / "quality.md", TITLE)
     root = data_root(args.data_root)
     if root is None:
         return 0
@@ -362,7 +367,7 @@ def main(argv=None) -> int:
     )
     table = summarise(results, frontier)
     text = [
-        "## Quality (benchmarks.quality)",
+        TITLE,
         "",
         f"Command: `{command}`",
         "",
@@ -374,9 +379,9 @@ def main(argv=None) -> int:
         *table,
         "",
     ]
-    Path(args.output).write_text("\n".join(text), encoding="utf-8")
-    (work / "results.json").write_text(json.dumps(
-        {f"{d}|{b}": v for (d, b), v in results.items()}, indent=1, default=str))
+    write_output(output, text)
+    write_output(work / "results.json", [json.dumps(
+        {f"{d}|{b}": v for (d, b), v in results.items()}, indent=1, default=str)])
     print("\n".join(table))
     return 0
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import quality
+from benchmarks import check_output, quality, write_output
 from configs.cli import StrictArgumentParser
 
 SEARCH_BACKBONES = ("fm", "deepfm")
@@ -200,10 +200,7 @@ def main(argv=None) -> int:
     if min(frontier) < 1:
         parser.error(f"--frontier dimensions must be positive, got {args.frontier!r}")
     work = Path(args.workdir)
-    output = Path(args.output) if args.output else work / "transfer.md"
-    if output.exists() and not output.read_text(encoding="utf-8").startswith(TITLE):
-        parser.error(f"--output {output} exists and was not written by benchmarks.transfer; "
-                     "choose another file")
+    output = check_output(parser, args.output or work / "transfer.md", TITLE)
     root = quality.data_root(args.data_root)
     if root is None:
         return 0
@@ -245,11 +242,7 @@ def main(argv=None) -> int:
             + ("; 'vs FDE frontier': AUC minus the "
                f"FDE-{'/'.join(map(str, frontier))} AUC interpolated (in log params) at the "
                "row's Params." if len(frontier) > 1 else "."), "", *table, ""]
-    from configs.cli import atomic_output
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(output, "w", replace=True, encoding="utf-8") as fh:
-        fh.write("\n".join(text))
+    write_output(output, text)
     from pipeline.runtime import atomic_write_json
 
     atomic_write_json(work / "transfer.json", {f"{d}|{t}": v for (d, t), v in results.items()})
