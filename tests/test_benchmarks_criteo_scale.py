@@ -49,6 +49,34 @@ def test_a_failing_pipeline_run_is_a_job_error_naming_its_log(tmp_path):
                                 log)
 
 
+def test_a_stopped_run_keeps_its_finished_stages_and_a_resume_does_not_rewrite_them(tmp_path):
+    """Each stage's figures are saved as it ends; a resumed pipeline.run (its search already
+    done, so 'searching' passes at once) leaves the first run's search figures in place."""
+    figs, run = tmp_path / "figures", tmp_path / "run"
+    (run / "search").mkdir(parents=True)
+    (run / "search" / "dims.json").write_text("{}")
+
+    def save(stage, f):
+        criteo_scale._save_first(figs, stage, f, run)
+
+    stopped = ("import time; print('[1/5] setup', flush=True); time.sleep(0.3); "
+               "print('[3/5] searching', flush=True); time.sleep(0.8); "
+               "print('[4/5] retraining the searched dims', flush=True); raise SystemExit(3)")
+    with pytest.raises(Exception, match="exit 3"):
+        criteo_scale.run_staged([sys.executable, "-c", stopped], tmp_path / "a.log", poll=0.1,
+                                on_stage=save)
+    first = criteo_scale._load(figs, "search")
+    assert first["seconds"] >= 0.7 and first["disk_bytes"] == 2
+    assert criteo_scale._load(figs, "retrain_autodim") is None  # it never ended
+    resumed = ("print('[1/5] setup', flush=True); print('[3/5] searching', flush=True); "
+               "print('[4/5] retraining the searched dims', flush=True)")
+    stages = criteo_scale.run_staged([sys.executable, "-c", resumed], tmp_path / "b.log",
+                                     poll=0.1, on_stage=save)
+    assert stages["search"]["seconds"] < 0.5  # the resume's own figure ...
+    assert criteo_scale._load(figs, "search") == first  # ... is not written over the first
+    assert criteo_scale._load(figs, "retrain_autodim") is not None
+
+
 def test_du_counts_file_bytes(tmp_path):
     (tmp_path / "a").write_bytes(b"x" * 1000)
     (tmp_path / "d").mkdir()
