@@ -36,7 +36,9 @@ a hard one-hot (`pipeline.derive.OneHotEvaluator`), each architecture once.
   parameter ("improves": false): the budget is memory the user has granted, the result lands in
   [FILL_BELOW x B, B] unless no candidate step fits, and larger dimensions usually retrain no
   worse (docs/DESIGN.md, "Derivation"; under-filled budgets retrained below the FDE frontier:
-  BENCHMARKS.md, "Memory budget").
+  BENCHMARKS.md, "Memory budget"). When no field's next candidate fits, an exchange: one field up
+  a candidate, paid for by shrinking another, taken only if it lowers the validation loss and
+  adds parameters (`_best_exchange`; recorded with "exchange").
 dims.json records both lists under "budget".
 """
 from __future__ import annotations
@@ -289,14 +291,58 @@ def fit_budget(evaluate: Callable[[tuple], np.ndarray], start: Sequence[int],
                 best_any = move
             if delta < -z * se and (best is None or move[0] < best[0]):
                 best = move
-        if best_any is None:  # nothing fits any more: as close as the candidates allow
-            break
+        if best_any is None:  # no single step fits: an exchange, else as close as it gets
+            swap = _best_exchange(losses, current, candidates, vocab_sizes, budget, z)
+            if swap is None:
+                break
+            (s, s_to), (m, m_to), delta, added = swap
+            grown.append({"field": names[m], "from": current[m], "to": m_to,
+                          "params_saved": -added, "valid_loss_delta": delta, "improves": True,
+                          "exchange": {"field": names[s], "from": current[s], "to": s_to}})
+            current = tuple(s_to if i == s else m_to if i == m else d
+                            for i, d in enumerate(current))
+            continue
         _, m, to, added, delta = best if best is not None else best_any
         grown.append({"field": names[m], "from": current[m], "to": to, "params_saved": -added,
                       "valid_loss_delta": delta, "improves": best is not None})
         current = current[:m] + (to,) + current[m + 1:]
     assert params_of(current, vocab_sizes) <= budget
     return {"dims": list(current), "repair": repair, "fill": grown, "evaluations": len(cache)}
+
+
+def _best_exchange(losses, current: tuple, candidates, vocab_sizes, budget: int, z: float):
+    """The fill's move when no field's next candidate fits: one field m one candidate up, paid for
+    by another field s shrunk to its largest smaller candidate that makes the pair fit. Taken only
+    if it lowers the mean validation loss (by more than z paired standard errors) and adds
+    parameters (so the fill still ends); the largest loss decrease wins. Returns
+    ((s, s_to), (m, m_to), delta, params added) or None."""
+    from pipeline.derive import paired_difference
+
+    used = params_of(current, vocab_sizes)
+    best = None
+    for m, cands in enumerate(candidates):
+        m_to = _step(cands, current[m], up=True)
+        if m_to is None:
+            continue
+        grow = int(vocab_sizes[m]) * (m_to - current[m])
+        for s, s_cands in enumerate(candidates):
+            if s == m:
+                continue
+            need = used + grow - budget  # parameters s must free
+            fits = [c for c in s_cands if c < current[s]
+                    and int(vocab_sizes[s]) * (current[s] - c) >= need]
+            if not fits:
+                continue
+            s_to = max(fits)
+            added = grow - int(vocab_sizes[s]) * (current[s] - s_to)
+            if added <= 0:
+                continue
+            trial = tuple(s_to if i == s else m_to if i == m else d
+                          for i, d in enumerate(current))
+            delta, se = paired_difference(losses(trial), losses(current))
+            if delta < -z * se and (best is None or delta < best[2]):
+                best = ((s, s_to), (m, m_to), delta, added)
+    return best
 
 
 def apply_dims(result: dict, dims: Sequence[int]) -> None:
@@ -332,7 +378,9 @@ def format_record(rec: dict) -> str:
              f"expected params under alpha {rec['final_expected_params']:,.0f}"]
     for kind in ("repair", "fill"):
         for s in rec[kind]:
-            lines.append(f"  {kind}: {s['field']} {s['from']} -> {s['to']} "
+            ex = s.get("exchange")
+            paid = f", {ex['field']} {ex['from']} -> {ex['to']}" if ex else ""
+            lines.append(f"  {kind}: {s['field']} {s['from']} -> {s['to']}{paid} "
                          f"({s['params_saved']:+,} params saved, valid loss "
                          f"{s['valid_loss_delta']:+.5f})")
     return "\n".join(lines)

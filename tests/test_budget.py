@@ -256,6 +256,33 @@ def test_fill_reaches_the_budget_window_when_no_move_improves():
     assert budget_lib.params_of(out["dims"], [1000] * 3) == 6_000
 
 
+def test_fill_exchanges_when_no_single_step_fits():
+    """A large field whose next candidate does not fit is grown by shrinking a small one, when
+    that lowers the validation loss; never over the budget, and the record says what paid."""
+    vocab = [1000, 500, 10]
+    # a gains most from a larger dimension; b a little; c not at all
+    costs = [1.0, 0.05, 0.0]
+    start = (8, 32, 32)  # 8,000 + 16,000 + 320 = 24,320: under 95% of the budget
+    budget = 28_500  # a 8 -> 16 needs 8,000 more: fits only if b gives up 3,820 (32 -> 24)
+    out = budget_lib.fit_budget(_fake_losses(costs), start, [DIMS] * 3, vocab, budget,
+                                ["a", "b", "c"])
+    assert out["dims"] == [16, 24, 32], out
+    step = out["fill"][0]
+    assert step["field"] == "a" and (step["from"], step["to"]) == (8, 16)
+    assert step["exchange"] == {"field": "b", "from": 32, "to": 24}
+    assert step["params_saved"] == -(8000 - 4000) and step["improves"]
+    assert step["valid_loss_delta"] == pytest.approx(1.0 * (1 / 16 - 1 / 8)
+                                                     + 0.05 * (1 / 24 - 1 / 32))
+    assert budget_lib.params_of(out["dims"], vocab) == 28_320 <= budget
+    rec = budget_lib.record(budget_lib.Budget(budget, "budget", budget, 3020, 48320),
+                            28_320, out, 0.0, 0.0)
+    assert "fill: a 8 -> 16, b 32 -> 24 (-4,000 params saved" in budget_lib.format_record(rec)
+    # no exchange that would raise the loss: f1 worth more than f0's growth keeps its size
+    out = budget_lib.fit_budget(_fake_losses([0.01, 1.0, 0.0]), start, [DIMS] * 3, vocab,
+                                budget, ["a", "b", "c"])
+    assert not any("exchange" in s for s in out["fill"]) and out["dims"][:2] == [8, 32]
+
+
 # ---------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("flag,value,message", [
     ("--budget", "0", "--budget: must be more than 0"),
