@@ -4,6 +4,8 @@ flag handling (run.make_plan, which run() uses). Every option given reaches Beam
 value, a misspelt one is refused by name, and the transform graph is the local one."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from apache_beam.portability import python_urns
 
@@ -72,6 +74,8 @@ def _graph(plan: run.JobPlan, out_dir: str):
     default, and the runner's own rewrites of the graph."""
     pipeline = plan.pipeline(out_dir)
     proto = pipeline.to_runner_api()
+    # Beam makes a local temp directory per Pipeline and removes it in run(); this one never runs
+    shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)
     for transform in proto.components.transforms.values():
         python_type = transform.annotations.get("python_type", b"").decode()
         if (transform.spec.urn == python_urns.PICKLED_TRANSFORM

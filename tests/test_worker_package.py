@@ -191,11 +191,13 @@ def test_worker_package_requires_what_its_modules_import_pinned_as_requirements_
 # launcher builds the job's graph, then a worker unpickles every DoFn and CombineFn of it and
 # calls their setup(); each prints the project modules and TensorFlow modules it has loaded.
 _LAUNCHER = """
-import json, sys
+import json, shutil, sys
 from preprocessing import run
 plan = run.make_plan(["--dataset", "criteo", "--input", sys.argv[1], "--data_dir", sys.argv[2],
                       "--runner=DirectRunner"])
-open(sys.argv[3], "wb").write(plan.pipeline(sys.argv[2]).to_runner_api().SerializeToString())
+pipeline = plan.pipeline(sys.argv[2])
+open(sys.argv[3], "wb").write(pipeline.to_runner_api().SerializeToString())
+shutil.rmtree(pipeline.local_tempdir, ignore_errors=True)  # Beam's, removed only by run()
 print(json.dumps({m: getattr(sys.modules[m], "__file__", None) for m in list(sys.modules)}))
 """
 _WORKER = """
