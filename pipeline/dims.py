@@ -66,9 +66,10 @@ def load_dims(source: str, schema: DataSchema, candidate_dims, *, trial: int = 0
         raise ConfigError(
             f"{path}: fields differ from the schema (missing {missing}, extra {extra})"
         )
+    budget = (data.get("budget") or {}).get("params")
     return {"source": str(path), "kind": "autodim", "dims": [int(fields[n]["dim"]) for n in names],
             "candidate_dims": data.get("candidate_dims"), "search_backbone": data.get("backbone"),
-            "variant": data.get("variant")}
+            "variant": data.get("variant"), "budget": int(budget) if budget else None}
 
 
 def parse_dim_overrides(items) -> dict:
@@ -93,7 +94,9 @@ def parse_dim_overrides(items) -> dict:
 
 def apply_dim_overrides(dims: dict, overrides: dict, schema: DataSchema) -> dict:
     """A copy of a load_dims result with the named fields' dimensions replaced (a per-field
-    ablation: "the search's choice, but with item at 32"). Unknown fields are refused by name."""
+    ablation: "the search's choice, but with item at 32"). Unknown fields are refused by name.
+    Overrides that take a budgeted search's dims.json over its budget are allowed (an explicit
+    choice) but carry an "over_budget" warning, which retrain prints."""
     if not overrides:
         return dims
     names = schema.field_names
@@ -105,4 +108,14 @@ def apply_dim_overrides(dims: dict, overrides: dict, schema: DataSchema) -> dict
     out["dims"] = [int(overrides.get(n, d)) for n, d in zip(names, dims["dims"])]
     out["overrides"] = dict(overrides)
     out["source"] = f"{dims['source']} with " + ",".join(f"{k}={v}" for k, v in overrides.items())
+    budget = dims.get("budget")
+    if budget:
+        vocab = schema.vocab_sizes
+        params = sum(vocab[n] * d for n, d in zip(names, out["dims"]))
+        if params > budget:
+            given = ",".join(f"{k}={v}" for k, v in overrides.items())
+            out["over_budget"] = (f"warning: --dim {given} gives {params:,} embedding "
+                                  f"parameters, over the "
+                                  f"{budget:,} budget {dims['source']} was searched for "
+                                  f"(its \"budget\"); retraining anyway")
     return out

@@ -53,6 +53,8 @@ def retrain(data_dir: str, dims_source: str, model_dir: str, cfg: ExperimentConf
         dims = apply_dim_overrides(
             load_dims(dims_source, schema, cfg.model.candidate_dims, trial=trial_index),
             dim_overrides, schema)
+        if dims.get("over_budget"):
+            print(dims["over_budget"], file=sys.stderr, flush=True)
         return _retrain_one(data_dir, schema, dims, fileio.path(model_dir), cfg, quiet=quiet,
                             preset=preset, strategy=strategy)
     results = []

@@ -154,6 +154,35 @@ def test_dim_overrides_change_only_the_named_fields_and_bad_ones_are_refused(sma
     assert read_json(out / "metrics.json")["dims"]["f2"] == 16
 
 
+def test_dim_overrides_past_a_searched_budget_are_retrained_with_a_warning(small_data, tmp_path,
+                                                                          capsys):
+    """A budgeted search's dims.json keeps its budget; --dim overrides may go over it (an
+    explicit choice), and retrain says so on stderr, naming the flag and both sizes."""
+    from configs.features import DataSchema
+    from pipeline.dims import apply_dim_overrides, load_dims
+    from pipeline.retrain import retrain
+
+    schema = DataSchema.load(small_data)
+    budget = 8 * sum(VOCAB)  # 3,280: exactly every field at 8
+    dims_file = tmp_path / "dims.json"
+    dims_file.write_text(json.dumps({
+        "schema_hash": schema.schema_hash, "budget": {"params": budget},
+        "fields": {n: {"dim": 8} for n in schema.field_names}}))
+    loaded = load_dims(str(dims_file), schema, (2, 8, 16))
+    assert loaded["budget"] == budget
+    within = apply_dim_overrides(loaded, {"f2": 2, "f5": 16}, schema)  # -1,200 + 800
+    assert "over_budget" not in within
+    over = apply_dim_overrides(loaded, {"f2": 16}, schema)  # +1,600
+    assert over["over_budget"] == (
+        f"warning: --dim f2=16 gives {budget + 1600:,} embedding parameters, over the "
+        f"{budget:,} budget {dims_file} was searched for (its \"budget\"); retraining anyway")
+    m = retrain(str(small_data), str(dims_file), str(tmp_path / "m"),
+                experiment.resolve("default", set_overrides=FAST), quiet=True,
+                dim_overrides={"f2": 16})
+    assert m["params"] == budget + 1600
+    assert over["over_budget"] in capsys.readouterr().err
+
+
 def test_random_dims_are_seeded_draws_from_the_candidates(small_data):
     from configs.features import DataSchema
     from pipeline.dims import load_dims
