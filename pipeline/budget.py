@@ -295,12 +295,11 @@ def fit_budget(evaluate: Callable[[tuple], np.ndarray], start: Sequence[int],
             swap = _best_exchange(losses, current, candidates, vocab_sizes, budget, z)
             if swap is None:
                 break
-            (s, s_to), (m, m_to), delta, added = swap
-            grown.append({"field": names[m], "from": current[m], "to": m_to,
+            trial, s, m, delta, added = swap
+            grown.append({"field": names[m], "from": current[m], "to": trial[m],
                           "params_saved": -added, "valid_loss_delta": delta, "improves": True,
-                          "exchange": {"field": names[s], "from": current[s], "to": s_to}})
-            current = tuple(s_to if i == s else m_to if i == m else d
-                            for i, d in enumerate(current))
+                          "exchange": {"field": names[s], "from": current[s], "to": trial[s]}})
+            current = trial
             continue
         _, m, to, added, delta = best if best is not None else best_any
         grown.append({"field": names[m], "from": current[m], "to": to, "params_saved": -added,
@@ -315,7 +314,7 @@ def _best_exchange(losses, current: tuple, candidates, vocab_sizes, budget: int,
     by another field s shrunk to its largest smaller candidate that makes the pair fit. Taken only
     if it lowers the mean validation loss (by more than z paired standard errors) and adds
     parameters (so the fill still ends); the largest loss decrease wins. Returns
-    ((s, s_to), (m, m_to), delta, params added) or None."""
+    (dims after the exchange, s, m, delta, params added) or None."""
     from pipeline.derive import paired_difference
 
     used = params_of(current, vocab_sizes)
@@ -340,8 +339,8 @@ def _best_exchange(losses, current: tuple, candidates, vocab_sizes, budget: int,
             trial = tuple(s_to if i == s else m_to if i == m else d
                           for i, d in enumerate(current))
             delta, se = paired_difference(losses(trial), losses(current))
-            if delta < -z * se and (best is None or delta < best[2]):
-                best = ((s, s_to), (m, m_to), delta, added)
+            if delta < -z * se and (best is None or delta < best[3]):
+                best = (trial, s, m, delta, added)
     return best
 
 

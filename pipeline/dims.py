@@ -110,8 +110,9 @@ def apply_dim_overrides(dims: dict, overrides: dict, schema: DataSchema) -> dict
     out["source"] = f"{dims['source']} with " + ",".join(f"{k}={v}" for k, v in overrides.items())
     budget = dims.get("budget")
     if budget:
-        vocab = schema.vocab_sizes
-        params = sum(vocab[n] * d for n, d in zip(names, out["dims"]))
+        from pipeline.budget import params_of
+
+        params = params_of(out["dims"], [schema.vocab_sizes[n] for n in names])
         if params > budget:
             given = ",".join(f"{k}={v}" for k, v in overrides.items())
             out["over_budget"] = (f"warning: --dim {given} gives {params:,} embedding "
